@@ -1,0 +1,171 @@
+"""covsim's trainer against a straightforward per-seed loop, in one command.
+
+    python benchmarks/bench_train.py [--seeds 16] [--steps 500] [--repeats 3] [--transformer]
+
+The experiment (issue 3): AR-linear task, well-specified LogLinear learner, Adam, a fixed
+dataset, 16 seeds, H ∈ {8, 16, 32, 64}, the same steps and the same evaluation (KL, Cov_N on
+a fixed eval set every `eval_every` steps).
+
+* covsim:   `run_seeds(make_train(...), seeds)`: the whole run, all seeds vmapped, one jit per H.
+* baseline: what a researcher would write: for each H, for each seed, a Python loop over
+  steps calling a jitted per-step update, and a jitted evaluation every `eval_every` steps.
+
+Both are timed end to end (compilation included, as a user experiences it); medians over
+repeats, with the JAX compilation cache cleared between repeats. With --transformer it also
+reports the transformer trainer's achieved GFLOP/s against the ~165 GFLOP/s float32 peak of
+these 2-core machines (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from covsim.evaluate import evaluate, make_eval_set
+from covsim.models import LogLinear, Transformer
+from covsim.tasks.base import gather_tokens
+from covsim.tasks.linear import AutoregressiveLinear
+from covsim.tasks.markov import MarkovChain
+from covsim.train import TrainSpec, make_train, run_seeds
+
+PEAK_GFLOPS = 165.0
+
+
+def task_for(H: int) -> AutoregressiveLinear:
+    return AutoregressiveLinear.random(jax.random.key(0), V=8, H=H, d=16, X=4, B=2.0)
+
+
+def covsim_run(H: int, spec: TrainSpec, seeds: list[int]) -> np.ndarray:
+    task = task_for(H)
+    mf = lambda k: LogLinear(task, rngs=nnx.Rngs(k))
+    out = run_seeds(make_train(task, mf, optax.adam(0.05), spec), seeds)
+    return np.asarray(out.metrics.kl)
+
+
+def baseline_run(H: int, spec: TrainSpec, seeds: list[int]) -> np.ndarray:
+    """The per-seed loop: same data, init, optimizer and evaluation as covsim's trainer."""
+    task = task_for(H)
+    model = LogLinear(task, rngs=nnx.Rngs(0))
+    graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adam(0.05)
+    Ns = jnp.asarray(spec.Ns, jnp.float32)
+
+    def loss_fn(params, x, y):
+        q = nnx.merge(graphdef, params, rest)(x, y)
+        return jnp.mean(-jnp.sum(gather_tokens(q, y), axis=-1))
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        loss, g = jax.value_and_grad(loss_fn)(params, x, y)
+        upd, opt_state = tx.update(g, opt_state, params)
+        return optax.apply_updates(params, upd), opt_state, loss
+
+    @jax.jit
+    def score(params, eval_set):
+        return evaluate(task, nnx.merge(graphdef, params, rest), eval_set, Ns=Ns).kl
+
+    sample = jax.jit(task.sample, static_argnums=1)
+    eval_set_of = jax.jit(lambda k: make_eval_set(task, k, spec.eval_samples))
+    kls = []
+    for s in seeds:
+        k_init, k_data, k_eval, _ = jax.random.split(jax.random.key(s), 4)
+        params = nnx.state(LogLinear(task, rngs=nnx.Rngs(k_init)), nnx.Param)
+        opt_state = tx.init(params)
+        k_sample, k_perm = jax.random.split(k_data)
+        X, Y = sample(k_sample, spec.n_train)
+        rng = np.random.default_rng(s)
+        eval_set = eval_set_of(k_eval)
+        kl = [float(score(params, eval_set))]
+        for t in range(spec.steps):
+            if t % (spec.n_train // spec.batch_size) == 0:
+                perm = rng.permutation(spec.n_train)
+            j = (t % (spec.n_train // spec.batch_size)) * spec.batch_size
+            idx = perm[j : j + spec.batch_size]
+            params, opt_state, _ = step(params, opt_state, X[idx], Y[idx])
+            if (t + 1) % spec.eval_every == 0:
+                kl.append(float(score(params, eval_set)))
+        kls.append(kl)
+    return np.asarray(kls)
+
+
+def timed(fn, *args) -> tuple[float, np.ndarray]:
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
+def bench_linear(args) -> None:
+    seeds = list(range(args.seeds))
+    Hs = (8, 16, 32, 64)
+    spec = TrainSpec(
+        steps=args.steps, batch_size=32, n_train=1024, eval_every=args.steps // 5,
+        eval_samples=4096, Ns=(2.0, 16.0),
+    )
+    rows = []
+    for _ in range(args.repeats):
+        tc = sum(timed(covsim_run, H, spec, seeds)[0] for H in Hs)
+        tb = sum(timed(baseline_run, H, spec, seeds)[0] for H in Hs)
+        rows.append((tc, tb))
+        print(f"  repeat: covsim {tc:.1f} s, baseline {tb:.1f} s, ratio {tb / tc:.1f}x", flush=True)
+    tc = statistics.median(r[0] for r in rows)
+    tb = statistics.median(r[1] for r in rows)
+    tokens = len(seeds) * args.steps * spec.batch_size * sum(Hs)
+    # sanity: both reach a similar final KL (they differ in batch order, not in the method)
+    kc = covsim_run(16, spec, seeds)[:, -1]
+    kb = baseline_run(16, spec, seeds)[:, -1]
+    print(f"AR-linear, {len(seeds)} seeds, H in {Hs}, {args.steps} steps, batch 32, "
+          f"eval every {spec.eval_every} on {spec.eval_samples}:")
+    print(f"  covsim   median {tc:7.2f} s   {tokens / tc:12,.0f} train tokens/s")
+    print(f"  baseline median {tb:7.2f} s   {tokens / tb:12,.0f} train tokens/s")
+    print(f"  speed-up (baseline / covsim): {tb / tc:.1f}x   (target >= 5x)")
+    print(f"  final KL at H=16, median over seeds: covsim {np.median(kc):.4f}, "
+          f"baseline {np.median(kb):.4f}")
+
+
+def bench_transformer(args) -> None:
+    task = MarkovChain.random(jax.random.key(0), V=16, H=64, order=1)
+    cfg = dict(layers=4, heads=4, width=256)
+    mf = lambda k: Transformer(task.V, task.H, task.P, max(task.prompt_vocab, 1),
+                               rngs=nnx.Rngs(k), **cfg)
+    steps, batch = 40, 32
+    spec = TrainSpec(steps=steps, batch_size=batch, eval_every=steps, eval_samples=64)
+    f = jax.jit(make_train(task, mf, optax.adam(1e-3), spec))
+    jax.block_until_ready(f(jax.random.key(0)))  # compile
+    times = []
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(jax.random.key(r + 1)))
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    m = mf(jax.random.key(0))
+    T = task.P + task.H
+    flops = m.flops_per_token() * T * batch * steps
+    print(f"transformer {cfg}, T={T}, batch {batch}, {steps} steps: median {t:.2f} s, "
+          f"{flops / t / 1e9:.1f} GFLOP/s = {100 * flops / t / 1e9 / PEAK_GFLOPS:.0f}% of the "
+          f"~{PEAK_GFLOPS:.0f} GFLOP/s float32 peak (training FLOPs; eval excluded from the count)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=16)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--transformer", action="store_true", help="also report transformer GFLOP/s")
+    p.add_argument("--skip-linear", action="store_true")
+    args = p.parse_args()
+    if not args.skip_linear:
+        bench_linear(args)
+    if args.transformer:
+        bench_transformer(args)
+
+
+if __name__ == "__main__":
+    main()

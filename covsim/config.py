@@ -1,0 +1,522 @@
+"""Typed experiment configs: TOML files, profiles, `--set a.b=value` overrides, one-line errors.
+
+An experiment file (experiments/*.toml) has the sections
+
+    [experiment]  name, claim, description
+    [task]        kind (+ H) and the task's own parameters
+    [model]       kind and the model's own parameters
+    [optim]       name and the optimizer's own parameters
+    [train]       steps, batch_size, n_train | online, epochs, eval_every, eval_samples, Ns, ...
+    [sweep]       seeds, vmap_seeds, and [sweep.axes]: dotted config path -> list of values
+    [profile.quick], [profile.full]   dotted path -> value, applied over the base
+
+Fixed sections reject unknown keys and wrong types. Task/model/optim parameters are open-ended
+(their factories validate them) unless a kind is registered with `register` or passed to
+`load_config(registry=...)`: then the kind must be one of the registered ones and the keys must
+be among its parameters. Every error is a `ConfigError` whose one-line message starts with the
+dotted path of the offending field, e.g. ``train.steps: must be ≥ 1, got -3``.
+
+Paths: ``"task.H"``, ``"train.n_train"``; inside ``sweep.axes`` the rest of the path is one key,
+so ``"sweep.axes.task.H"`` names the axis ``"task.H"``. Profile tables are flattened to such
+paths (quoted keys and nested tables both work); `--set` and `with_values` set whole values.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from covsim.results import atomic_write_text
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+COMPONENTS = ("task", "model", "optim")
+# section -> kind -> allowed parameter names (None: any). Filled by the entry points (cli).
+Registry = dict[str, dict[str, frozenset[str] | None]]
+REGISTRY: Registry = {s: {} for s in COMPONENTS}
+
+
+class ConfigError(ValueError):
+    """A config problem; the message is one line starting with the dotted field path."""
+
+
+def register(section: str, kind: str, params: Iterable[str] | None = None) -> None:
+    """Allow `kind` in `section` ("task", "model" or "optim"), with these parameter names.
+
+    `params=None` leaves the parameters open (the factory validates them).
+    """
+    if section not in COMPONENTS:
+        raise ValueError(f"argument section must be one of {COMPONENTS}, got {section!r}")
+    REGISTRY[section][kind] = None if params is None else frozenset(params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Component(BaseModel):
+    """A task/model/optim section: strict common fields, other keys kept as parameters."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ExperimentSection(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    claim: str = ""
+    description: str = ""
+    runner: Annotated[str, Field(min_length=1)] = "train"  # how a cell runs (covsim.experiment)
+
+
+class TaskSection(_Component):
+    kind: Annotated[str, Field(min_length=1)]
+    H: PosInt | None = None
+
+
+class ModelSection(_Component):
+    kind: Annotated[str, Field(min_length=1)]
+
+
+class OptimSection(_Component):
+    name: Annotated[str, Field(min_length=1)]
+
+
+class TrainSection(_Section):
+    """Training and evaluation schedule.
+
+    `steps` counts optimizer steps, a multiple of `eval_every`; evaluations (checkpoints) are
+    at 0, eval_every, 2·eval_every, ... Optional fields left unset take the trainer's default.
+    """
+
+    steps: PosInt
+    batch_size: PosInt
+    n_train: PosInt | None = None  # fixed dataset of n_train samples ...
+    online: bool = False  # ... or fresh samples every step
+    epochs: PosInt | None = None  # fixed dataset: stop after this many passes if before `steps`
+    eval_every: PosInt
+    eval_samples: PosInt
+    Ns: Annotated[list[Annotated[float, Field(ge=1)]], Field(min_length=1)]
+    pass_at: list[PosInt] = Field(default_factory=list)
+    loss: Literal["sequence", "token"] = "sequence"  # sequence- or token-level SGD (notes §3.4)
+    alpha: Annotated[float, Field(gt=0, lt=1)] | None = None  # Cov_N intervals at level 1 - alpha
+    eval_chunk: PosInt | None = None  # evaluation batch, bounds memory
+    checkpoints: list[NonNegInt] = Field(default_factory=list)  # steps whose params are kept
+
+    @property
+    def n_steps(self) -> int:
+        """Steps to take: `steps`, or fewer if `epochs` passes over the data end first
+        (rounded up to a multiple of `eval_every`)."""
+        if self.epochs is None or self.n_train is None:
+            return self.steps
+        evals = math.ceil(self.epochs * self.n_train / (self.batch_size * self.eval_every))
+        return min(self.steps, evals * self.eval_every)
+
+
+def _axis(values: list[Any]) -> list[Any]:
+    if not values:
+        raise PydanticCustomError("empty_axis", "empty sweep axis")
+    keys = [json.dumps(v, sort_keys=True) for v in values]
+    dup = next((v for v, k in zip(values, keys, strict=True) if keys.count(k) > 1), None)
+    if dup is not None:
+        raise PydanticCustomError(
+            "duplicate", "duplicate value {v} in sweep axis", {"v": repr(dup)}
+        )
+    return values
+
+
+class SweepSection(_Section):
+    """The grid: one cell per point of `axes` × seeds (or per point, all seeds in it)."""
+
+    axes: dict[str, Annotated[list[Any], AfterValidator(_axis)]] = Field(default_factory=dict)
+    seeds: list[NonNegInt] = Field(default_factory=lambda: [0])
+    vmap_seeds: bool = False  # true: a cell runs all seeds (the trainer vmaps over them)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _count_to_list(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v < 1:
+                raise PydanticCustomError(
+                    "seeds", "must be a count ≥ 1 or a non-empty list of seeds, got {v}", {"v": v}
+                )
+            return list(range(v))
+        if isinstance(v, list) and not v:
+            raise PydanticCustomError("seeds", "must be a count ≥ 1 or a non-empty list of seeds")
+        if isinstance(v, list) and len(set(map(repr, v))) < len(v):
+            raise PydanticCustomError("seeds", "duplicate seeds in {v}", {"v": repr(v)})
+        return v
+
+
+class Config(_Section):
+    """A resolved experiment config (profile and overrides applied, validated)."""
+
+    experiment: ExperimentSection
+    task: TaskSection
+    model: ModelSection
+    optim: OptimSection
+    train: TrainSection
+    sweep: SweepSection = Field(default_factory=SweepSection)
+
+    _registry: Registry = PrivateAttr(default_factory=lambda: REGISTRY)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (absent optional fields omitted), as written to TOML."""
+        return self.model_dump(exclude_none=True)
+
+    def to_toml(self) -> str:
+        return to_toml(self.to_dict())
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of `to_dict()`: equal configs, equal hashes."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, path: str) -> Any:
+        """Value at a dotted path, e.g. ``cfg.get("task.H")`` (None for an unset optional)."""
+        segs = _split(path)
+        parent, key = _resolve(self.model_dump(), segs, self._registry, create=False)
+        return parent.get(key)
+
+    def with_values(self, values: Mapping[str, Any]) -> Config:
+        """A new validated config with each dotted path set to its value (whole values)."""
+        raw = self.to_dict()
+        for path, v in values.items():
+            _set(raw, _split(path), copy.deepcopy(v), self._registry)
+        return _build(raw, self._registry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(
+    path: str | Path,
+    profile: str | None = "quick",
+    overrides: Sequence[str] = (),
+    *,
+    registry: Registry | None = None,
+) -> Config:
+    """Read an experiment TOML, apply `[profile.<profile>]`, then `PATH=VALUE` overrides.
+
+    `profile=None` applies no profile (e.g. to reload a resolved config.toml). Override values
+    are parsed as TOML values (``8``, ``[8, 16]``, ``true``, ``"x"``), else taken as strings.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    reg = REGISTRY if registry is None else registry
+    profiles = raw.pop("profile", {})
+    if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
+        raise ConfigError("profile: must be a table of tables ([profile.<name>])")
+    if profile is not None:
+        if profile not in profiles:
+            have = ", ".join(profiles) or "none"
+            raise ConfigError(f"profile: unknown profile {profile!r} in {path}; allowed: {have}")
+        for segs, v in _flatten(profiles[profile]):
+            _set(raw, _split(".".join(segs)), v, reg, origin=f"profile.{profile}")
+    for item in overrides:
+        p, sep, text = item.partition("=")
+        if not sep or not p.strip():
+            raise ConfigError(f"--set {item!r}: expected PATH=VALUE, e.g. train.steps=200")
+        _set(raw, _split(p.strip()), parse_value(text.strip()), reg, origin="--set")
+    return _build(raw, reg)
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (``8``, ``1e-3``, ``[8, 16]``, ``true``, ``"s"``), else the string itself."""
+    try:
+        doc = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    return doc["v"] if list(doc) == ["v"] else text
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as TOML, atomically (temp file in the same dir, then rename)."""
+    atomic_write_text(Path(path), cfg.to_toml())
+
+
+def _build(raw: dict[str, Any], registry: Registry) -> Config:
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from None
+    cfg._registry = registry
+    _check_semantics(cfg, registry)
+    return cfg
+
+
+def _check_semantics(cfg: Config, registry: Registry) -> None:
+    """Cross-field rules, registered kinds, and that every sweep value gives a valid config."""
+    t = cfg.train
+    if t.online and t.n_train is not None:
+        raise ConfigError(
+            f"train.n_train: must be omitted when train.online = true, got {t.n_train}"
+        )
+    if not t.online and t.n_train is None:
+        raise ConfigError("train.n_train: required unless train.online = true")
+    if t.online and t.epochs is not None:
+        raise ConfigError("train.epochs: only for a fixed dataset (train.online = false)")
+    if t.eval_every > t.steps:
+        raise ConfigError(
+            f"train.eval_every: must be ≤ train.steps = {t.steps}, got {t.eval_every}"
+        )
+    if t.steps % t.eval_every:
+        raise ConfigError(
+            f"train.steps: must be a multiple of train.eval_every = {t.eval_every}, got {t.steps}"
+        )
+    for i, s in enumerate(t.checkpoints):
+        if s > t.steps or s % t.eval_every:
+            raise ConfigError(
+                f"train.checkpoints[{i}]: must be an evaluation step (a multiple of "
+                f"train.eval_every = {t.eval_every}, ≤ train.steps = {t.steps}), got {s}"
+            )
+    for section in COMPONENTS:
+        kinds = registry.get(section) or {}
+        if not kinds:  # nothing registered: the factory validates
+            continue
+        spec = getattr(cfg, section)
+        field = "name" if section == "optim" else "kind"
+        kind = getattr(spec, field)
+        if kind not in kinds:
+            raise ConfigError(
+                f"{section}.{field}: unknown {field} {kind!r}; allowed: {', '.join(sorted(kinds))}"
+            )
+        allowed = kinds[kind]
+        if allowed is not None:
+            for key in spec.params:
+                if key not in allowed:
+                    names = ", ".join(sorted(set(allowed) | set(type(spec).model_fields)))
+                    raise ConfigError(f"{section}.{key}: unknown key; allowed: {names}")
+    raw = cfg.to_dict()
+    raw["sweep"]["axes"] = {}
+    for axis, values in cfg.sweep.axes.items():
+        where = f"sweep.axes[{axis!r}]"
+        segs = _split(axis)
+        if segs[0] in ("experiment", "sweep"):
+            raise ConfigError(f"{where}: cannot sweep over the {segs[0]} section")
+        try:
+            _resolve(copy.deepcopy(raw), segs, registry, create=True)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        for i, v in enumerate(values):
+            cell = copy.deepcopy(raw)
+            _set(cell, segs, copy.deepcopy(v), registry)
+            try:
+                _build(cell, registry)
+            except ConfigError as e:
+                raise ConfigError(f"{where}[{i}]: {e}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+
+
+def _split(path: str) -> tuple[str, ...]:
+    segs = tuple(path.split("."))
+    if len(segs) > 2 and segs[:2] == ("sweep", "axes"):
+        return ("sweep", "axes", ".".join(segs[2:]))
+    return segs
+
+
+def _flatten(
+    d: Mapping[str, Any], prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], Any]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out += _flatten(v, (*prefix, k))
+        else:
+            out.append(((*prefix, k), v))
+    return out
+
+
+_MODELS: dict[str, type[BaseModel]] = {n: f.annotation for n, f in Config.model_fields.items()}
+
+
+def _resolve(
+    raw: dict[str, Any], segs: tuple[str, ...], registry: Registry, *, create: bool
+) -> tuple[dict[str, Any], str]:
+    """The dict holding the last segment of `segs`, and that key; ConfigError if unknown."""
+    path = ".".join(segs)
+    if segs[0] not in _MODELS or len(segs) < 2 or not all(segs):
+        raise ConfigError(f"{path}: unknown config path; sections: {', '.join(_MODELS)}")
+    section = segs[0]
+    node = raw.setdefault(section, {}) if create else raw.get(section, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path}: unknown config path ({section} is no table)")
+    for s in segs[1:-1]:
+        nxt = node.get(s)
+        if nxt is None and create and (section, s) == ("sweep", "axes"):
+            nxt = node[s] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{path}: unknown config path ({'.'.join(segs[:-1])} is no table)")
+        node = nxt
+    key = segs[-1]
+    if len(segs) == 3 and segs[:2] == ("sweep", "axes"):
+        return node, key
+    if len(segs) == 2:
+        known = set(node) | set(_MODELS[section].model_fields)
+        if section in COMPONENTS:
+            kind = node.get("name" if section == "optim" else "kind")
+            known |= (registry.get(section) or {}).get(kind) or set()
+    else:
+        known = set(node)
+    if key not in known:
+        raise ConfigError(f"{path}: unknown config path; allowed: {', '.join(sorted(known))}")
+    return node, key
+
+
+def _set(
+    raw: dict[str, Any], segs: tuple[str, ...], value: Any, registry: Registry, origin: str = ""
+) -> None:
+    try:
+        node, key = _resolve(raw, segs, registry, create=True)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (in {origin})" if origin else str(e)) from None
+    node[key] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+_TYPES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+}
+_BOUNDS = {"greater_than_equal": "≥", "greater_than": ">", "less_than_equal": "≤", "less_than": "<"}
+_CUSTOM = ("empty_axis", "duplicate", "seeds")  # our PydanticCustomErrors: the message is final
+
+
+def _loc_text(loc: Sequence[str | int]) -> str:
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p):
+            out += ("." if out else "") + p
+        else:
+            out += f"[{p!r}]"
+    return out
+
+
+def _one_line(err: ValidationError) -> str:
+    errors = err.errors(include_url=False)
+    e = errors[0]
+    loc, kind, ctx = e["loc"], e["type"], e.get("ctx") or {}
+    got = (
+        f", got {e['input']!r}"
+        if "input" in e and kind not in ("missing", "extra_forbidden")
+        else ""
+    )
+    if kind == "extra_forbidden":
+        model = _MODELS.get(loc[0]) if len(loc) == 2 else Config if len(loc) == 1 else None
+        allowed = ", ".join(model.model_fields) if model else "?"
+        msg = f"unknown key; allowed: {allowed}"
+    elif kind == "missing":
+        msg = "required key missing"
+    elif kind in _TYPES:
+        msg = f"must be {_TYPES[kind]}{got}"
+    elif kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        msg = f"must be {_BOUNDS[kind]} {bound}{got}"
+    elif kind == "too_short":
+        msg = f"must be non-empty{got}"
+    elif kind == "string_pattern_mismatch":
+        msg = f"must match {ctx['pattern']}{got}"
+    elif kind == "literal_error":
+        msg = f"must be one of {ctx['expected']}{got}"
+    elif kind in _CUSTOM:
+        msg = e["msg"]
+    else:
+        msg = e["msg"][:1].lower() + e["msg"][1:] + got
+    return f"{_loc_text(loc)}: {msg}{_more(errors)}"
+
+
+def _more(errors: list) -> str:
+    return f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# TOML writer (tables, strings, numbers, bools, lists, inline tables inside lists)
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def to_toml(d: Mapping[str, Any]) -> str:
+    """TOML text for a nested dict of tables, strings, numbers, bools and lists."""
+    lines: list[str] = []
+    _table(d, (), lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _table(d: Mapping[str, Any], prefix: tuple[str, ...], lines: list[str]) -> None:
+    subs = {k: v for k, v in d.items() if isinstance(v, Mapping)}
+    if prefix and (len(subs) < len(d) or not subs):  # an empty table still needs its header
+        lines += ["", "[" + ".".join(map(_key, prefix)) + "]"]
+    lines += [f"{_key(k)} = {_value(v)}" for k, v in d.items() if k not in subs]
+    for k, v in subs.items():
+        _table(v, (*prefix, k), lines)
+
+
+def _key(k: str) -> str:
+    return k if _BARE.fullmatch(k) else _string(k)
+
+
+def _string(s: str) -> str:
+    # JSON string escapes are TOML basic-string escapes; DEL must be escaped in TOML too.
+    return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return _string(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} value {v!r} to TOML")

@@ -1,0 +1,106 @@
+"""Score a learner against the exact π_D on a fixed evaluation set: the checkpoint metrics.
+
+    eval_set = make_eval_set(task, key, n)          # (prompts, responses, log π_D(y|x))
+    ev = evaluate(task, model, eval_set, Ns=...)    # EvalMetrics of arrays, jit-able
+
+`model` is any callable `(prompts (n, P), responses (n, H)) -> (n, H, V)` of teacher-forced
+next-token log-probs (covsim.models). The coverage itself is `covsim.metrics.coverage_profile`
+of the log-ratios r = log π_D(y|x) − log π̂(y|x) computed here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from covsim import metrics as M
+from covsim.tasks.base import Task, gather_tokens
+
+Array = jax.Array
+
+
+class EvalMetrics(NamedTuple):
+    """One checkpoint's scores (a trainer stacks them along a leading checkpoint axis)."""
+
+    kl: Array  # ()  sequence KL, Monte-Carlo mean of r = log π_D − log π̂
+    kl_se: Array  # ()  its standard error
+    kl_tokens: Array  # ()  Σ_h exact token KL along the eval prefixes (lower-variance KL)
+    ce: Array  # ()  sequence cross-entropy E[−log π̂(y|x)]
+    cov: Array  # (k,) Cov_N for the N grid
+    cov_lo: Array  # (k,) Wilson interval, lower end
+    cov_hi: Array  # (k,) upper end
+    pos_ce: Array  # (H,) per-position cross-entropy
+    pos_kl: Array  # (H,) per-position exact token KL
+    pass_at: Array  # (m,) exact Pass@N for the pass_Ns grid (empty when not asked)
+
+
+def make_eval_set(task: Task, key: Array, n: int) -> tuple[Array, Array, Array]:
+    """n fresh samples from π_D with their exact log-probabilities: ((n, P), (n, H), (n,))."""
+    x, y = task.sample(key, n)
+    return x, y, task.log_prob(x, y)
+
+
+def evaluate(
+    task: Task,
+    model,
+    eval_set: tuple[Array, Array, Array],
+    *,
+    Ns: Array,
+    pass_Ns: tuple[int, ...] = (),
+    alpha: float = 0.05,
+    chunk: int = 1024,
+) -> EvalMetrics:
+    """All checkpoint metrics of `model` on `eval_set`, chunked over samples to bound memory.
+
+    Pass@N is exact, 1 − (1 − π̂(S_x|x))^N averaged over the eval prompts, for tasks that
+    expose their good set S_x as `task.good_set(prompts) -> ((n, G, H), mask (n, G))`."""
+    ex, ey, lp_true = eval_set
+    n = ex.shape[0]
+    c = min(chunk, n)
+    n_chunks = math.ceil(n / c)
+    pad = n_chunks * c - n
+
+    def one_chunk(args):
+        x, y = args
+        q = model(x, y)  # (c, H, V)
+        tok_q = gather_tokens(q, y)
+        good = p_good(task, model, x) if pass_Ns else jnp.zeros((x.shape[0],))
+        return jnp.sum(tok_q, -1), tok_q, M.token_kl(task.next_token_log_probs(x, y), q), good
+
+    xs = jnp.pad(ex, ((0, pad), (0, 0))).reshape(n_chunks, c, -1)
+    ys = jnp.pad(ey, ((0, pad), (0, 0))).reshape(n_chunks, c, -1)
+    lq, tok_q, tkl, good = jax.tree.map(
+        lambda a: a.reshape(n_chunks * c, *a.shape[2:])[:n], jax.lax.map(one_chunk, (xs, ys))
+    )
+    r = M.log_ratio(lp_true, lq)
+    prof = M.coverage_profile(r, Ns, alpha=alpha)
+    kl, kl_se = M.kl_with_se(r)
+    pos_kl = jnp.mean(tkl, axis=0)
+    if pass_Ns:
+        pass_at = M.pass_at_n_exact(good, jnp.asarray(pass_Ns, jnp.float32))
+    else:
+        pass_at = jnp.zeros((0,))
+    return EvalMetrics(
+        kl=kl,
+        kl_se=kl_se,
+        kl_tokens=jnp.sum(pos_kl),
+        ce=M.cross_entropy(lq),
+        cov=prof.cov,
+        cov_lo=prof.lo,
+        cov_hi=prof.hi,
+        pos_ce=M.per_position_ce(tok_q),
+        pos_kl=pos_kl,
+        pass_at=pass_at,
+    )
+
+
+def p_good(task: Task, model, x: Array) -> Array:
+    """π̂(S_x | x): the model's mass on the task's good set, (n,). Needs `task.good_set`."""
+    G, mask = task.good_set(x)  # (n, G, H), (n, G)
+    c, g, H = G.shape
+    ys = G.reshape(c * g, H)
+    lq = jnp.sum(gather_tokens(model(jnp.repeat(x, g, axis=0), ys), ys), -1)
+    return jnp.sum(jnp.where(mask, jnp.exp(lq.reshape(c, g)), 0.0), axis=-1)

@@ -1,0 +1,155 @@
+"""GPT-2-style causal decoder (notes §5.1: causal, absolute positions, GeLU, pre-LayerNorm).
+
+Input sequence of length T = P + H:
+
+    [x_0 .. x_{P-1}, SEP, y_0 .. y_{H-2}]
+
+with one embedding table over max(V, prompt_vocab) + 1 symbols (the last one is SEP). The
+outputs at the last H positions predict y_0 .. y_{H-1}, so the loss sees response tokens only.
+Names: n batch, T sequence, C width, K heads, D = C / K head size, V response vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from covsim.checks import check_float, check_int
+
+Array = jax.Array
+
+_init = nnx.initializers.normal(0.02)  # GPT-2's initialisation
+
+
+class Block(nnx.Module):
+    """Pre-LN block: x + attn(LN(x)), then x + mlp(LN(x)); (n, T, C) -> (n, T, C)."""
+
+    def __init__(self, C: int, K: int, mlp_ratio: int, layers: int, dropout: float, rngs):
+        # residual projections scaled by 1/√(2·layers) so the residual stream's variance
+        # does not grow with depth (GPT-2)
+        out_init = nnx.initializers.normal(0.02 / math.sqrt(2 * layers))
+        self.K = K
+        self.ln1 = nnx.LayerNorm(C, epsilon=1e-5, rngs=rngs)
+        self.qkv = nnx.Linear(C, 3 * C, kernel_init=_init, rngs=rngs)  # fused q, k, v
+        self.proj = nnx.Linear(C, C, kernel_init=out_init, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(C, epsilon=1e-5, rngs=rngs)
+        self.fc = nnx.Linear(C, mlp_ratio * C, kernel_init=_init, rngs=rngs)
+        self.out = nnx.Linear(mlp_ratio * C, C, kernel_init=out_init, rngs=rngs)
+        self.drop = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+
+    def _drop(self, x: Array) -> Array:
+        return x if self.drop is None else self.drop(x)
+
+    def attention(self, x: Array) -> Array:
+        """Causal multi-head self-attention: (n, T, C) -> (n, T, C)."""
+        n, T, C = x.shape
+        K, D = self.K, C // self.K
+        q, k, v = jnp.split(self.qkv(x).reshape(n, T, 3, K, D), 3, axis=2)  # (n, T, 1, K, D)
+        q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+        s = jnp.einsum("nqkd,npkd->nkqp", q, k) / math.sqrt(D)  # (n, K, T, T)
+        causal = jnp.tril(jnp.ones((T, T), bool))
+        # every row keeps its diagonal, so a finite fill never leaks mass and never gives NaN
+        s = jnp.where(causal, s, jnp.finfo(s.dtype).min)
+        a = self._drop(jax.nn.softmax(s, axis=-1))
+        o = jnp.einsum("nkqp,npkd->nqkd", a, v).reshape(n, T, C)
+        return self.proj(o)
+
+    def __call__(self, x: Array) -> Array:
+        x = x + self._drop(self.attention(self.ln1(x)))
+        return x + self._drop(self.out(jax.nn.gelu(self.fc(self.ln2(x)))))
+
+
+class Transformer(nnx.Module):
+    """Causal decoder: prompts (n, P), responses (n, H) int32 -> (n, H, V) float32 log-probs.
+
+    With dropout > 0 the dropout RNG count lives in the non-Param state: thread it through
+    train steps (or call `.eval()` for deterministic outputs).
+    """
+
+    def __init__(
+        self,
+        V: int,
+        H: int,
+        P: int,
+        prompt_vocab: int,
+        *,
+        layers: int,
+        heads: int,
+        width: int,
+        mlp_ratio: int = 4,
+        rngs: nnx.Rngs,
+        dropout: float = 0.0,
+    ):
+        self.V = check_int("V", V, 1)
+        self.H = check_int("H", H, 1)
+        self.P = check_int("P", P, 0)
+        self.prompt_vocab = check_int("prompt_vocab", prompt_vocab, 1 if self.P > 0 else 0)
+        self.layers = check_int("layers", layers, 1)
+        self.heads = check_int("heads", heads, 1)
+        self.width = check_int("width", width, 1)
+        self.mlp_ratio = check_int("mlp_ratio", mlp_ratio, 1)
+        dropout = check_float("dropout", dropout, 0.0, 1.0, high_open=True)
+        if self.width % self.heads:
+            raise ValueError(f"argument width ({width}) must be divisible by heads ({heads})")
+        self.sep = max(self.V, self.prompt_vocab)  # SEP/BOS symbol id
+        T, C = self.P + self.H, self.width
+        self.embed = nnx.Embed(self.sep + 1, C, embedding_init=_init, rngs=rngs)
+        self.pos = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (T, C), jnp.float32))
+        self.drop = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+        self.blocks = nnx.List(
+            [
+                Block(C, self.heads, self.mlp_ratio, self.layers, dropout, rngs)
+                for _ in range(layers)
+            ]
+        )
+        self.ln_f = nnx.LayerNorm(C, epsilon=1e-5, rngs=rngs)
+        self.head = nnx.Linear(C, self.V, use_bias=False, kernel_init=_init, rngs=rngs)
+
+    def __call__(self, prompts: Array, responses: Array) -> Array:
+        """(n, P), (n, H) int32 -> (n, H, V) float32: log π̂(· | x, y_{<h}), teacher-forced."""
+        n = responses.shape[0]
+        if prompts.shape != (n, self.P) or responses.shape != (n, self.H):
+            raise ValueError(
+                f"prompts and responses must have shapes (n, {self.P}) and (n, {self.H}), "
+                f"got {prompts.shape} and {responses.shape}"
+            )
+        sep = jnp.full((n, 1), self.sep, jnp.int32)
+        tokens = jnp.concatenate(
+            [prompts.astype(jnp.int32), sep, responses[:, :-1].astype(jnp.int32)], axis=1
+        )  # (n, T)
+        x = self.embed(tokens) + self.pos[...]  # (n, T, C)
+        if self.drop is not None:
+            x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x[:, self.P :])  # only the H positions that predict response tokens
+        return jax.nn.log_softmax(self.head(x), axis=-1)
+
+    def num_params(self) -> int:
+        """Number of trainable scalars."""
+        return sum(p.size for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs (forward + backward) per input position; see `flops_per_token`."""
+        return flops_per_token(
+            self.V, self.H, self.P, layers=self.layers, width=self.width, mlp_ratio=self.mlp_ratio
+        )
+
+
+def flops_per_token(
+    V: int, H: int, P: int, *, layers: int, width: int, mlp_ratio: int = 4
+) -> float:
+    """Training FLOPs per input position (T = P + H positions per sequence), forward + backward.
+
+    Matmuls cost 2 FLOPs per weight per token forward and twice that backward, hence
+    6 · (matmul weights); the attention scores q·k and the weighted sum a·v cost 2·T·C each per
+    layer forward (the full T × T square is computed, masked afterwards), so 12·layers·T·C in
+    all. The head runs on H of the T positions only. Embedding lookups, LayerNorm, softmax and
+    GeLU are ignored (O(T·C) elementwise work). Per sequence: multiply by P + H.
+    """
+    T, C = P + H, width
+    blocks = layers * (4 * C * C + 2 * mlp_ratio * C * C)  # qkv + proj + fc + out
+    return 6.0 * blocks + 6.0 * C * V * H / T + 12.0 * layers * T * C

@@ -1,0 +1,306 @@
+"""Figures from result files only: medians over seeds with quantile bands, fits, theory overlays.
+
+    df = read_metrics("runs/quick/horizon")               # covsim.results
+    fig, ax = plt.subplots()
+    band_plot(ax, df, "step", "kl", by="task.H")           # median ± (1/16, 15/16) band per H
+    slope, icpt, r2 = loglog_fit(df["task.H"], df["kl"])   # log y = slope · log x + icpt
+    theory_line(ax, xs, bound, "Prop. 3.1 bound")          # dashed
+    save(fig, "figures/horizon.png")                       # atomic, dpi 150, tight layout
+
+`plot_run(dir, out_folder)` draws the generic figure of any run or sweep directory (KL, CE and
+Cov_N for each N against training step, one line per point of the sweep axes).
+
+Non-finite values: NaN (a diverged run) is dropped; +inf (a model giving probability 0 to a
+sample: KL = ∞) is kept in the quantiles and, where a median or band end is infinite, drawn
+clipped at the top of the axes with a "▲ = ∞" marker. Non-positive values on a log axis cannot
+be drawn and are left out (the returned summary still holds them).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from covsim.results import TMP_PREFIX, read_metrics, read_summaries  # noqa: E402
+
+DPI = 150
+INF_MARKER = "^"
+
+LabelFmt = str | Callable[[str, Any], str]
+
+
+# ---------------------------------------------------------------------------------------------
+# Medians and bands
+
+
+def quantiles(values: Sequence[float], q: Sequence[float]) -> np.ndarray:
+    """Quantiles of `values` with NaN dropped and +inf kept as larger than every finite value.
+
+    A quantile that falls on or between infinite values is +inf (linear interpolation towards
+    ∞). All-NaN input gives NaN for every q."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return np.full(len(q), np.nan)
+    v = np.sort(v)
+    pos = np.asarray(q, dtype=np.float64) * (v.size - 1)
+    lo, hi = np.floor(pos).astype(int), np.ceil(pos).astype(int)
+    frac = pos - lo
+    with np.errstate(invalid="ignore"):  # inf − inf at an exact index: take the value itself
+        out = np.where(frac == 0, v[lo], v[lo] + frac * (v[hi] - v[lo]))
+    return np.where(np.isinf(v[hi]) & (frac > 0), np.inf, out)
+
+
+def summarize(
+    df: pd.DataFrame, x: str, y: str, by: str | None = None, q: Sequence[float] = (1 / 16, 15 / 16)
+) -> pd.DataFrame:
+    """Median and quantile band of `y` per (`by`, `x`): columns [by], x, median, lo, hi, n.
+
+    `n` counts the non-NaN values (e.g. seeds that did not diverge)."""
+    _need(df, [c for c in (x, y, by) if c is not None])
+    if len(q) != 2 or not 0 <= q[0] <= q[1] <= 1:
+        raise ValueError(f"argument q must be two quantiles 0 ≤ q0 ≤ q1 ≤ 1, got {q!r}")
+    keys = [by, x] if by is not None else [x]
+    rows = []
+    for key, g in df.groupby(keys, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        med, lo, hi = quantiles(g[y].astype(float), (0.5, *q))
+        n = int(g[y].astype(float).notna().sum())
+        rows.append(
+            {**dict(zip(keys, key, strict=True)), "median": med, "lo": lo, "hi": hi, "n": n}
+        )
+    return pd.DataFrame.from_records(rows, columns=[*keys, "median", "lo", "hi", "n"])
+
+
+def _label(fmt: LabelFmt, by: str, v: Any) -> str:
+    return fmt(by, v) if callable(fmt) else fmt.format(by=by.rsplit(".", 1)[-1], value=v)
+
+
+def band_plot(
+    ax,
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    by: str | None = None,
+    q: Sequence[float] = (1 / 16, 15 / 16),
+    label_fmt: LabelFmt = "{by} = {value}",
+    logy: bool = False,
+    *,
+    logx: bool = False,
+    label: str | None = None,
+    **line_kw,
+) -> pd.DataFrame:
+    """Median of `y` over the rows sharing (`by`, `x`) (the seeds), with a shaded band between
+    the quantiles `q`; one line per value of `by`. Returns `summarize(df, x, y, by, q)`.
+
+    label_fmt: "{by}"/"{value}" template (by is the last segment of the column name, so
+    "task.H" shows as "H") or a function (by, value) -> str. `label` names the single line
+    when `by` is None. NaN rows are dropped; infinite medians are drawn as ▲ at the top of the
+    axes, bands reaching ∞ are shaded up to the top. Extra keywords go to `ax.plot`."""
+    s = summarize(df, x, y, by, q)
+    if logy:
+        ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
+    groups = [(None, s)] if by is None else list(s.groupby(by, sort=True))
+    inf_top: list[tuple[Any, pd.DataFrame, str]] = []  # bands to extend once the limits are known
+    any_inf = False
+    for v, g in groups:
+        g = g.sort_values(x)
+        name = label if by is None else _label(label_fmt, by, v)
+        xs = g[x].to_numpy(float)
+        med, lo, hi = (g[c].to_numpy(float) for c in ("median", "lo", "hi"))
+        ok = np.isfinite(med) & (med > 0 if logy else True)
+        ys = np.where(ok, med, np.nan)
+        (line,) = ax.plot(np.where(ok, xs, np.nan), ys, label=name, **line_kw)
+        color = line.get_color()
+        band = np.isfinite(lo) & ~np.isnan(hi) & (lo > 0 if logy else True)
+        finite_hi = np.isfinite(hi)
+        ax.fill_between(xs, lo, hi, where=band & finite_hi, color=color, alpha=0.2, lw=0)
+        if np.any(band & ~finite_hi):
+            inf_top.append((color, g.assign(_band=band & ~finite_hi), x))
+        inf = np.isposinf(med)
+        if inf.any():
+            any_inf = True
+            ax.plot(
+                xs[inf],
+                np.ones(inf.sum()),
+                INF_MARKER,
+                color=color,
+                ms=7,
+                clip_on=False,
+                transform=ax.get_xaxis_transform(),  # x in data, y in axes units: the top edge
+            )
+    if inf_top:
+        bottom, top = ax.get_ylim()
+        for color, g, xc in inf_top:
+            ax.fill_between(
+                g[xc].to_numpy(float),
+                g["lo"].to_numpy(float),
+                top,
+                where=g["_band"].to_numpy(),
+                color=color,
+                alpha=0.12,
+                lw=0,
+            )
+        ax.set_ylim(bottom, top)
+    if any_inf:
+        ax.plot([], [], INF_MARKER, color="0.3", label="▲ median = ∞")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Fits and overlays
+
+
+def _fit(x, y) -> tuple[float, float, float]:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(
+            f"arguments x and y must be 1-D of one length, got shapes {x.shape}, {y.shape}"
+        )
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 2 or np.ptp(x) == 0:
+        return math.nan, math.nan, math.nan
+    slope, icpt = np.polyfit(x, y, 1)
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    ss_res = float(np.sum((y - (slope * x + icpt)) ** 2))
+    r2 = 1 - ss_res / ss_tot if ss_tot > 0 else math.nan
+    return float(slope), float(icpt), r2
+
+
+def linear_fit(x, y) -> tuple[float, float, float]:
+    """Least squares y ≈ slope · x + intercept over the finite pairs: (slope, intercept, R²).
+
+    Fewer than two distinct finite x give NaNs; R² is NaN when y is constant."""
+    return _fit(np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel())
+
+
+def loglog_fit(x, y) -> tuple[float, float, float]:
+    """Power law y ≈ e^intercept · x^slope by least squares on (log x, log y) over the pairs
+    with both positive and finite: (slope, intercept, R² in log space)."""
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    ok = (x > 0) & (y > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _fit(np.where(ok, np.log(x), np.nan), np.where(ok, np.log(y), np.nan))
+
+
+def theory_line(ax, x, y, label: str, **kw):
+    """A theory curve: dashed, dark grey unless `color` is given. Returns the Line2D."""
+    kw = {"color": "0.25", "lw": 1.5, "ls": "--", **kw}
+    (line,) = ax.plot(np.asarray(x, float), np.asarray(y, float), label=label, **kw)
+    return line
+
+
+def save(fig, path: str | Path, dpi: int = DPI) -> Path:
+    """Tight layout, write `path` atomically (temp file in the same folder, then rename), close
+    the figure. The format comes from the suffix (.png, .pdf, .svg)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if not fmt:
+        raise ValueError(f"argument path needs a suffix naming the format (.png), got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.stem}-{secrets.token_hex(4)}{path.suffix}"
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=dpi, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The generic figure of a run or sweep directory
+
+
+def sweep_axes(directory: str | Path) -> list[str]:
+    """The coordinates that vary across the runs of `directory` (not "seed"), in grid order."""
+    s = read_summaries(directory)
+    fixed = {"run", "status", "error", "diverged", "diverged_step", "seed"}
+    axes = []
+    for c in s.columns:
+        if c in fixed or "." not in c or c.startswith(("final.", "summary.")):
+            continue
+        if s[c].astype(str).nunique() > 1:
+            axes.append(c)
+    return axes
+
+
+def plot_run(directory: str | Path, out_folder: str | Path, name: str | None = None) -> list[Path]:
+    """KL, CE and Cov_N (each N of the grid) against step, median over seeds with a band, one
+    line per point of the sweep axes; written to out_folder/<name or dir name>.png."""
+    directory = Path(directory)
+    df = read_metrics(directory)
+    if df.empty or "step" not in df.columns:
+        raise ValueError(f"{directory}: no evaluation records to plot (no finished runs)")
+    axes = [a for a in sweep_axes(directory) if a in df.columns]
+    by = None
+    if axes:
+        df = df.assign(
+            _group=[
+                ", ".join(f"{a.rsplit('.', 1)[-1]}={v}" for a, v in zip(axes, row, strict=True))
+                for row in df[axes].itertuples(index=False)
+            ]
+        )
+        by = "_group"
+    cov_cols = sorted((c for c in df.columns if c.startswith("cov@")), key=lambda c: float(c[4:]))
+    panels = [c for c in ("kl", "ce") if c in df.columns] + cov_cols
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axs = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.4 * nrow), squeeze=False)
+    ylabels = {"kl": "sequence KL(π_D‖π̂) [nats]", "ce": "sequence cross-entropy [nats]"}
+    seeds = df["seed"].nunique() if "seed" in df.columns else 1
+    for ax, col in zip(axs.flat, panels, strict=False):
+        band_plot(ax, df, "step", col, by=by, label_fmt="{value}", marker=".")
+        _auto_yscale(ax, df[col])
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabels.get(col, f"Cov_{col[4:]} (fraction of π_D mass)"))
+        ax.grid(alpha=0.3)
+    for ax in list(axs.flat)[len(panels) :]:
+        ax.set_visible(False)
+    handles, labels = axs.flat[0].get_legend_handles_labels()
+    if handles:
+        axs.flat[0].legend(fontsize=7)
+    fig.suptitle(
+        f"{name or directory.name}: median over {seeds} seed(s), band = 1/16–15/16 quantiles",
+        fontsize=9,
+    )
+    return [save(fig, Path(out_folder) / f"{name or directory.name}.png")]
+
+
+def _auto_yscale(ax, values: pd.Series) -> None:
+    """Log y when the finite values span more than a factor 20; symlog (linear below the
+    smallest positive value) when there are also zeros, so that Cov_N = 0 stays visible."""
+    v = values.astype(float).to_numpy()
+    v = v[np.isfinite(v)]
+    pos = v[v > 0]
+    if pos.size == 0 or pos.max() / pos.min() <= 20:
+        return
+    if np.any(v <= 0):
+        ax.set_yscale("symlog", linthresh=float(pos.min()), linscale=0.5)
+        ax.set_ylim(bottom=0)
+    else:
+        ax.set_yscale("log")
+
+
+def _need(df: pd.DataFrame, cols: Sequence[str]) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise KeyError(f"argument df has no column(s) {missing}; it has {list(df.columns)[:20]}")

@@ -1,0 +1,353 @@
+"""The on-disk contract: run directories, their JSON, and pandas readers.
+
+A run directory holds
+
+    config.toml     the resolved config of the run
+    metrics.jsonl   one JSON object per evaluation: step, seed, sweep coordinates (by dotted
+                    config path, e.g. "task.H", and "seed"), kl, ce, cov {N: value},
+                    pass_at {N: value}, and whatever else was measured
+    summary.json    {"coords": {...}, "diverged": bool, "diverged_step": int | null,
+                     "summary": {...}}
+
+A sweep directory holds one run directory per cell (named by the cell id) and manifest.json
+(see `covsim.sweep`). Directories are written to a temp name and renamed into place, so a
+directory with the final name is complete; temp names start with `TMP_PREFIX`.
+
+JSON has no inf/nan: they are written as the strings "inf", "-inf", "nan" and read back as
+floats (so those three strings are reserved: a string value "inf" reads back as a float).
+Mapping keys are strings in JSON; keys of the N-keyed mappings (`N_KEYED`: cov, cov_lo, cov_hi,
+pass_at) are written as numbers ("16", "5.7") and read back as int (if integral) or float.
+Readers flatten them to columns "cov@16", "cov_lo@16", "pass@4"; other mappings to "name.key".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from covsim.checks import check_int
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from covsim.config import Config
+
+TMP_PREFIX = ".covsim-tmp-"
+RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json")
+FINISHED = ("done", "diverged")  # manifest statuses of cells whose run directory is current
+# Mappings keyed by a threshold N (train's records: cov with its interval, pass_at) -> column prefix
+N_KEYED = {"cov": "cov@", "cov_lo": "cov_lo@", "cov_hi": "cov_hi@", "pass_at": "pass@"}
+_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+@dataclass
+class RunResult:
+    """What a run returns: one record per evaluation, a summary, and whether it diverged."""
+
+    records: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+    diverged: bool = False
+    diverged_step: int | None = None
+    files: dict[str, bytes] = field(default_factory=dict)  # extra artifacts (checkpoints, ...)
+
+    def __post_init__(self):
+        if not isinstance(self.records, list) or not all(
+            isinstance(r, Mapping) for r in self.records
+        ):
+            raise TypeError("argument records must be a list of dicts")
+        if not isinstance(self.summary, Mapping):
+            raise TypeError(f"argument summary must be a dict, got {type(self.summary).__name__}")
+        if not isinstance(self.diverged, bool | np.bool_):
+            raise TypeError(f"argument diverged must be a bool, got {self.diverged!r}")
+        if self.diverged_step is not None:
+            check_int("diverged_step", self.diverged_step, 0)
+            if not self.diverged:
+                raise ValueError("argument diverged_step must be None when diverged is False")
+        for name, data in self.files.items():
+            if name in RUN_FILES or "/" in name or name.startswith("."):
+                raise ValueError(f"argument files: {name!r} is not an allowed artifact name")
+            if not isinstance(data, bytes):
+                raise TypeError(f"argument files: {name!r} must be bytes")
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON encoding
+
+
+def n_key(N: Any) -> str:
+    """The text of a threshold N: "16" for 16, 16.0 or "16.0"; "5.7" for 5.7."""
+    try:
+        v = float(N)
+    except (TypeError, ValueError):
+        raise ValueError(f"a threshold N must be a number, got {N!r}") from None
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
+def _n_from_key(k: str) -> int | float:
+    v = float(k)
+    return int(v) if v.is_integer() else v
+
+
+def to_jsonable(x: Any, key: str | None = None) -> Any:
+    """Plain JSON data: numpy/JAX values to Python, non-finite floats to "inf"/"-inf"/"nan".
+
+    `key` is the name `x` is stored under: an N-keyed mapping gets its keys as `n_key(N)`.
+    """
+    if isinstance(x, Mapping):
+        num = key in N_KEYED
+        return {
+            (n_key(k) if num or _is_number(k) else str(k)): to_jsonable(v, str(k))
+            for k, v in x.items()
+        }
+    if isinstance(x, list | tuple):
+        return [to_jsonable(v) for v in x]
+    if x is None or isinstance(x, str):
+        return x
+    if isinstance(x, bool | np.bool_):
+        return bool(x)
+    if isinstance(x, int | np.integer):
+        return int(x)
+    if isinstance(x, np.floating) and x.dtype != np.float64:
+        x = float(str(x))  # the shortest text of the value in its own precision: float32 "0.1"
+    if isinstance(x, float | np.floating):
+        x = float(x)
+        return x if math.isfinite(x) else ("nan" if math.isnan(x) else "inf" if x > 0 else "-inf")
+    if hasattr(x, "__array__"):  # numpy / JAX arrays: nested lists of scalars
+        a = np.asarray(x)
+        return to_jsonable(a[()]) if a.ndim == 0 else [to_jsonable(v) for v in a]
+    raise TypeError(f"cannot write {type(x).__name__} value {x!r} to JSON")
+
+
+def _is_number(k: Any) -> bool:
+    return isinstance(k, int | float | np.integer | np.floating) and not isinstance(k, bool)
+
+
+def from_jsonable(x: Any, key: str | None = None) -> Any:
+    """Inverse of `to_jsonable`: "inf"/"-inf"/"nan" back to floats, N keys back to numbers."""
+    if isinstance(x, dict):
+        num = key in N_KEYED
+        return {(_n_from_key(k) if num else k): from_jsonable(v, k) for k, v in x.items()}
+    if isinstance(x, list):
+        return [from_jsonable(v) for v in x]
+    if isinstance(x, str) and x in _NONFINITE:
+        return _NONFINITE[x]
+    return x
+
+
+def dumps(x: Any, indent: int | None = None) -> str:
+    """Strict JSON text of `x` (via `to_jsonable`), key order kept."""
+    sep = (",", ":") if indent is None else (",", ": ")
+    return json.dumps(
+        to_jsonable(x), indent=indent, separators=sep, allow_nan=False, ensure_ascii=False
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same directory and `os.replace`."""
+    path = Path(path)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
+    try:
+        _write_synced(tmp, text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "x", encoding="utf-8") as f:  # "x": a fresh file, mode from the umask
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def remove_temps(directory: Path) -> list[str]:
+    """Delete what interrupted writers left in `directory` (names starting with TMP_PREFIX)."""
+    removed = []
+    for p in Path(directory).glob(TMP_PREFIX + "*"):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+        removed.append(p.name)
+    return removed
+
+
+def write_run(
+    run_dir: str | Path, cfg: Config, result: RunResult, coords: Mapping[str, Any] | None = None
+) -> None:
+    """Write a run directory atomically: fill a temp dir, then rename it to `run_dir`.
+
+    `coords` (the sweep coordinates) are put at the front of every record and in summary.json;
+    a record that already holds one of them must agree. A previous `run_dir` is replaced.
+    """
+    run_dir = Path(run_dir)
+    coords = dict(coords or {})
+    lines = []
+    for i, rec in enumerate(result.records):
+        for k in ("step", "seed"):
+            if k not in rec and k not in coords:
+                raise ValueError(
+                    f"argument result: record {i} has no {k!r} (the contract needs it)"
+                )
+        for k, v in coords.items():
+            if k in rec and to_jsonable(rec[k]) != to_jsonable(v):
+                raise ValueError(
+                    f"argument result: record {i} has {k}={rec[k]!r}, its cell has {v!r}"
+                )
+        lines.append(dumps({**coords, **rec}) + "\n")
+    summary = {
+        "coords": coords,
+        "diverged": bool(result.diverged),
+        "diverged_step": result.diverged_step,
+        "summary": result.summary,
+    }
+    texts = (cfg.to_toml(), "".join(lines), dumps(summary, indent=2) + "\n")
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir.parent / f"{TMP_PREFIX}{run_dir.name}-{secrets.token_hex(4)}"
+    old = run_dir.parent / f"{TMP_PREFIX}old-{run_dir.name}-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir()
+        for name, text in zip(RUN_FILES, texts, strict=True):
+            _write_synced(tmp / name, text)
+        for name, data in result.files.items():
+            with open(tmp / name, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        if run_dir.exists():  # a directory cannot be replaced by rename: move it aside first
+            os.replace(run_dir, old)
+        os.replace(tmp, run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True if `path` is a complete run directory (all of RUN_FILES present)."""
+    p = Path(path)
+    return p.is_dir() and all((p / f).is_file() for f in RUN_FILES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers
+
+
+@dataclass
+class Run:
+    """A run directory read back: the config as a TOML dict, the result, the coordinates."""
+
+    config: dict[str, Any]
+    result: RunResult
+    coords: dict[str, Any]
+
+
+def read_run(run_dir: str | Path) -> Run:
+    p = Path(run_dir)
+    missing = [f for f in RUN_FILES if not (p / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{p} is not a complete run directory: missing {', '.join(missing)}"
+        )
+    s = _read_json(p / "summary.json")
+    result = RunResult(
+        records=read_records(p),
+        summary=s["summary"],
+        diverged=s["diverged"],
+        diverged_step=s["diverged_step"],
+    )
+    return Run(tomllib.loads((p / "config.toml").read_text("utf-8")), result, s["coords"])
+
+
+def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    with open(Path(run_dir) / "metrics.jsonl", encoding="utf-8") as f:
+        return [from_jsonable(json.loads(line)) for line in f if line.strip()]
+
+
+def _read_json(path: Path) -> Any:
+    return from_jsonable(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _run_dirs(directory: str | Path) -> list[tuple[Path, dict[str, Any] | None]]:
+    """[(run dir, None)] for a run dir; [(cell dir, manifest entry)] for each cell of a sweep."""
+    d = Path(directory)
+    if (d / "metrics.jsonl").is_file():
+        return [(d, None)]
+    if (d / "manifest.json").is_file():
+        cells = _read_json(d / "manifest.json")["cells"]
+        return [(d / c["id"], c) for c in cells]
+    raise FileNotFoundError(
+        f"{d} is neither a run directory (metrics.jsonl) nor a sweep (manifest.json)"
+    )
+
+
+def flatten_record(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """One level of nesting to columns: cov {16: x} -> "cov@16", pass_at {4: x} -> "pass@4",
+    any other mapping d {k: x} -> "d.k"."""
+    out: dict[str, Any] = {}
+    for k, v in rec.items():
+        if isinstance(v, Mapping):
+            pre = N_KEYED.get(k, f"{k}.")
+            for sub, x in v.items():
+                out[pre + (n_key(sub) if k in N_KEYED else str(sub))] = x
+        else:
+            out[k] = v
+    return out
+
+
+def read_metrics(directory: str | Path) -> pd.DataFrame:
+    """All evaluation records of a run dir, or of every finished cell of a sweep dir.
+
+    One row per record, a "run" column (the run directory's name) first; cov/pass_at
+    flattened to "cov@N"/"pass@N" columns. Failed (never written) cells contribute no rows.
+    """
+    import pandas as pd
+
+    rows = []
+    for p, cell in _run_dirs(directory):
+        if cell is not None and cell["status"] not in FINISHED:
+            continue
+        rows += [{"run": p.name, **flatten_record(r)} for r in read_records(p)]
+    return pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=["run"])
+
+
+def read_summaries(directory: str | Path) -> pd.DataFrame:
+    """One row per run: "run", "status", "error", the coordinates, diverged, the summary.
+
+    For a sweep, every cell of the manifest appears; cells without results have status
+    "failed" or "pending" and missing values elsewhere.
+    """
+    import pandas as pd
+
+    rows = []
+    for p, cell in _run_dirs(directory):
+        if cell is None or cell["status"] in FINISHED:
+            s = _read_json(p / "summary.json")
+            status = "diverged" if s["diverged"] else "done"
+            row = {"run": p.name, "status": status, "error": None, **s["coords"]}
+            row |= {"diverged": s["diverged"], "diverged_step": s["diverged_step"]}
+            row |= flatten_record(s["summary"])
+        else:
+            row = {
+                "run": p.name,
+                "status": cell["status"],
+                "error": cell["error"],
+                **cell["coords"],
+            }
+        rows.append(row)
+    return pd.DataFrame.from_records(rows)

@@ -1,0 +1,343 @@
+"""Sweeps: grid expansion, executors, and a resumable store that never loses a finished cell.
+
+    cells = expand_grid(cfg.sweep.axes, cfg.sweep.seeds)      # deterministic order and ids
+    manifest = run_sweep(cfg, cell_fn, "runs/horizon", executor="process", workers=2)
+
+`cell_fn(cell_cfg, cell) -> RunResult` runs one cell: `cell_cfg` is the config with the cell's
+axis values set, `sweep.axes` emptied and `sweep.seeds` = the cell's seeds, so its config.toml
+describes that run alone. Keys come from `cell.rng_seed(seed)`, a function of the coordinates
+only, never of the execution order.
+
+The store: out_dir/<cell id>/ is a run directory (`covsim.results`), renamed into place only
+when complete; out_dir/manifest.json lists every cell with its status ("pending", "done",
+"diverged", "failed") and error, rewritten atomically after each cell; out_dir/config.toml is
+the sweep's resolved config. A cell counts as finished iff its run directory is complete and
+its config.toml equals the cell's config, so a rerun redoes exactly the missing, failed or
+half-written cells. Two sweeps must not write to one out_dir at the same time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import multiprocessing
+import pickle
+import re
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from covsim.checks import check_int
+from covsim.config import Config, ConfigError, dump_config
+from covsim.results import (
+    FINISHED,
+    RunResult,
+    atomic_write_text,
+    dumps,
+    is_run_dir,
+    remove_temps,
+    to_jsonable,
+    write_run,
+)
+
+EXECUTORS = ("local", "process", "ray")
+MANIFEST = "manifest.json"
+
+CellFn = Callable[[Config, "Cell"], RunResult]
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot run in this directory (e.g. it holds a different sweep)."""
+
+
+def _canonical(x: Any) -> str:
+    return json.dumps(to_jsonable(x), sort_keys=True, separators=(",", ":"))
+
+
+def _digest(x: Any) -> bytes:
+    return hashlib.sha256(_canonical(x).encode()).digest()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid.
+
+    coords: dotted config path -> value, plus "seed" when each cell runs one seed.
+    seeds:  the seeds this cell runs (one, or all of them with `vmap_seeds`).
+    id:     readable slug + hash of (coords, seeds), e.g. "H16-n_train2000-seed3-1c9e02ab".
+    """
+
+    id: str
+    coords: dict[str, Any]
+    seeds: tuple[int, ...]
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def rng_seed(self, seed: int) -> int:
+        """A 31-bit seed for `jax.random.key`, from the axis values and `seed` only.
+
+        The same (axis values, seed) gives the same number whether seeds are split into cells
+        or vmapped inside one; different axis values give independent streams.
+        """
+        if seed not in self.seeds:
+            raise ValueError(
+                f"argument seed must be one of this cell's seeds {self.seeds}, got {seed}"
+            )
+        point = {k: v for k, v in self.coords.items() if k != "seed"}
+        return int.from_bytes(_digest({"coords": point, "seed": seed})[:4], "little") & 0x7FFFFFFF
+
+
+def _slug(coords: Mapping[str, Any]) -> str:
+    parts = []
+    for k, v in coords.items():
+        text = str(v).lower() if isinstance(v, bool) else str(v)
+        parts.append(k.rsplit(".", 1)[-1] + re.sub(r"[^A-Za-z0-9.+-]", "_", text)[:16])
+    return "-".join(parts)[:64] or "run"
+
+
+def expand_grid(
+    axes: Mapping[str, Sequence[Any]], seeds: int | Sequence[int], *, vmap_seeds: bool = False
+) -> list[Cell]:
+    """The Cartesian product of the axes (in their order, values in order) and the seeds.
+
+    `seeds` is a count n (seeds 0..n-1) or a list of seeds. Seeds vary fastest; with
+    `vmap_seeds` there is one cell per axis point, holding all seeds.
+    """
+    if isinstance(seeds, Sequence):
+        seeds = [check_int(f"seeds[{i}]", s, 0) for i, s in enumerate(seeds)]
+        if not seeds or len(set(seeds)) < len(seeds):
+            raise ValueError(f"argument seeds must be non-empty and without repeats, got {seeds}")
+    else:
+        seeds = list(range(check_int("seeds", seeds, 1)))
+    for name, values in axes.items():
+        if len(values) == 0:
+            raise ValueError(f"argument axes[{name!r}] is an empty sweep axis")
+    names = list(axes)
+    groups = [tuple(seeds)] if vmap_seeds else [(s,) for s in seeds]
+    cells = []
+    for point in itertools.product(*(axes[n] for n in names)):
+        for group in groups:
+            coords = dict(zip(names, point, strict=True))
+            if not vmap_seeds:
+                coords["seed"] = group[0]
+            h = _digest({"coords": coords, "seeds": group}).hex()[:8]
+            cells.append(Cell(f"{_slug(coords)}-{h}", coords, group))
+    if len({c.id for c in cells}) < len(cells):
+        raise ValueError("argument axes: repeated axis values give repeated cells")
+    return cells
+
+
+def cell_config(cfg: Config, cell: Cell) -> Config:
+    """The config of one cell: axis values set, no axes left, the cell's seeds."""
+    values = {k: v for k, v in cell.coords.items() if k != "seed"}
+    return cfg.with_values({**values, "sweep.axes": {}, "sweep.seeds": list(cell.seeds)})
+
+
+# ---------------------------------------------------------------------------------------------
+# Running cells
+
+
+@dataclass
+class Failure:
+    error: str  # one line: "ValueError: message (at file.py:12 in fn)"
+
+
+def _call(cell_fn: CellFn, cfg: Config, cell: Cell) -> RunResult | Failure:
+    """Run one cell; an exception (not an interrupt) becomes a Failure."""
+    try:
+        out = cell_fn(cfg, cell)
+    except Exception as e:
+        return Failure(_error_text(e))
+    if not isinstance(out, RunResult):
+        return Failure(f"TypeError: cell_fn returned {type(out).__name__}, expected RunResult")
+    return out
+
+
+def _error_text(e: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(e)).strip().replace("\n", " | ")
+    tb = traceback.extract_tb(e.__traceback__)
+    return (
+        f"{text} (at {Path(tb[-1].filename).name}:{tb[-1].lineno} in {tb[-1].name})" if tb else text
+    )
+
+
+Jobs = Sequence[tuple[Cell, Config]]
+
+
+def _local(cell_fn: CellFn, jobs: Jobs, workers: int) -> Iterator[tuple[Cell, RunResult | Failure]]:
+    for cell, cfg in jobs:
+        yield cell, _call(cell_fn, cfg, cell)
+
+
+def _process(
+    cell_fn: CellFn, jobs: Jobs, workers: int
+) -> Iterator[tuple[Cell, RunResult | Failure]]:
+    # spawn, not fork: JAX (and its thread pools) is not fork-safe.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(_call, cell_fn, cfg, cell): cell for cell, cfg in jobs}
+        for f in as_completed(futures):
+            try:
+                out = f.result()
+            except Exception as e:  # the worker died (BrokenProcessPool) or could not unpickle
+                out = Failure(_error_text(e))
+            yield futures[f], out
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _ray(cell_fn: CellFn, jobs: Jobs, workers: int) -> Iterator[tuple[Cell, RunResult | Failure]]:
+    ray = _import_ray()
+    if not ray.is_initialized():
+        ray.init()
+    call = ray.remote(_call)
+    queue, pending = list(jobs)[::-1], {}
+    while queue or pending:
+        while queue and len(pending) < workers:  # at most `workers` cells in flight
+            cell, cfg = queue.pop()
+            pending[call.remote(cell_fn, cfg, cell)] = cell
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        cell = pending.pop(ref)
+        try:
+            out = ray.get(ref)
+        except Exception as e:  # the task or its worker died
+            out = Failure(_error_text(e))
+        yield cell, out
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(
+            "executor='ray' needs Ray, which is not installed: pip install 'ray>=2'"
+        ) from e
+    return ray
+
+
+_RUNNERS = {"local": _local, "process": _process, "ray": _ray}
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+def _finished_status(run_dir: Path, cfg: Config) -> str:
+    """'done'/'diverged' if run_dir is complete and was written for exactly this config."""
+    if not is_run_dir(run_dir) or (run_dir / "config.toml").read_text("utf-8") != cfg.to_toml():
+        return "pending"
+    summary = json.loads((run_dir / "summary.json").read_text("utf-8"))
+    return "diverged" if summary["diverged"] else "done"
+
+
+def run_sweep(
+    cfg: Config,
+    cell_fn: CellFn,
+    out_dir: str | Path,
+    *,
+    executor: str = "local",
+    workers: int = 1,
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run every cell of `cfg`'s grid that is not finished in `out_dir`; return the manifest.
+
+    executor: "local" (this process, one cell at a time), "process" (`workers` spawned
+    processes; `cell_fn` must be a picklable module-level function) or "ray" (at most
+    `workers` cells in flight on the current Ray cluster). A cell whose `cell_fn` raises is
+    recorded as "failed" with its error, one returning `diverged=True` as "diverged"; the
+    others go on. Failed and pending cells are retried by a rerun; done/diverged are kept.
+    An out_dir holding a different sweep (config hash) is refused unless `force`: then cells
+    whose config is unchanged are kept and the others redone (run dirs of cells no longer in
+    the grid stay on disk but leave the manifest, so readers ignore them).
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"argument executor must be one of {EXECUTORS}, got {executor!r}")
+    workers = check_int("workers", workers, 1)
+    if executor == "local" and workers != 1:
+        raise ValueError(f"argument workers must be 1 with executor='local', got {workers}")
+    if executor == "process":
+        try:
+            pickle.dumps(cell_fn)
+        except Exception as e:
+            raise TypeError(
+                f"argument cell_fn must be picklable (a module-level function) for "
+                f"executor='process': {e}"
+            ) from None
+    if executor == "ray":
+        _import_ray()
+
+    cells = expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds)
+    cfgs = {}
+    for c in cells:  # every cell is validated before anything runs or is written
+        try:
+            cfgs[c.id] = cell_config(cfg, c)
+        except ConfigError as e:
+            raise ConfigError(f"cell {c.id}: {e}") from None
+
+    out = Path(out_dir)
+    digest = cfg.digest()
+    if (out / MANIFEST).is_file() and not force:
+        old = json.loads((out / MANIFEST).read_text("utf-8"))
+        if old.get("config_hash") != digest:
+            raise SweepError(
+                f"{out} holds a different sweep (experiment {old.get('experiment')!r}, config hash "
+                f"{str(old.get('config_hash'))[:12]} ≠ {digest[:12]}); use another out_dir or "
+                "force=True to redo the cells whose config changed"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    remove_temps(out)
+    entries = {  # the manifest's cell entries, updated in place as cells finish
+        c.id: {
+            "id": c.id,
+            "coords": c.coords,
+            "seeds": list(c.seeds),
+            "status": _finished_status(out / c.id, cfgs[c.id]),
+            "error": None,
+        }
+        for c in cells
+    }
+    manifest = {
+        "version": 1,
+        "experiment": cfg.experiment.name,
+        "config_hash": digest,
+        "cells": list(entries.values()),
+    }
+    dump_config(cfg, out / "config.toml")
+    atomic_write_text(out / MANIFEST, dumps(manifest, indent=1) + "\n")
+
+    todo = [(c, cfgs[c.id]) for c in cells if entries[c.id]["status"] not in FINISHED]
+    bar = tqdm(
+        total=len(cells),
+        initial=len(cells) - len(todo),
+        desc=cfg.experiment.name,
+        unit="cell",
+        disable=not progress,
+    )
+    failed = 0
+    try:
+        for cell, res in _RUNNERS[executor](cell_fn, todo, workers):
+            e = entries[cell.id]
+            if isinstance(res, RunResult):
+                try:
+                    write_run(out / cell.id, cfgs[cell.id], res, cell.coords)
+                    e["status"], e["error"] = ("diverged" if res.diverged else "done"), None
+                except (TypeError, ValueError) as err:  # the result breaks the on-disk contract
+                    res = Failure(_error_text(err))
+            if isinstance(res, Failure):
+                e["status"], e["error"] = "failed", res.error
+                failed += 1
+            atomic_write_text(out / MANIFEST, dumps(manifest, indent=1) + "\n")
+            bar.update()
+            if failed:
+                bar.set_postfix(failed=failed)
+    finally:
+        bar.close()
+    return manifest

@@ -1,0 +1,180 @@
+"""The trainer: learning lowers KL and Cov_N, missing mass, determinism, divergence, checkpoints."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from covsim.checkpoint import load_checkpoints, restore_model, save_checkpoints, select
+from covsim.evaluate import evaluate
+from covsim.models import LogLinear, Tabular, Transformer
+from covsim.tasks.bernoulli import Bernoulli, bernoulli_cov, bernoulli_kl, bernoulli_mle
+from covsim.tasks.linear import AutoregressiveLinear
+from covsim.tasks.markov import MarkovChain
+from covsim.train import TrainSpec, make_train, run_seeds, to_records
+
+
+@pytest.fixture(scope="module")
+def chain():
+    return MarkovChain.random(jax.random.key(1), V=4, H=6, order=1)
+
+
+def tabular_fn(task):
+    return lambda k: Tabular(
+        task.V, task.H, P=task.P, prompt_vocab=max(task.prompt_vocab, 1), rngs=nnx.Rngs(k)
+    )
+
+
+def test_loglinear_kl_and_coverage_fall_with_n():
+    """Well-specified LogLinear trained to (near) convergence on n samples: KL and Cov_2 drop
+    from n = 30 to n = 3000 by more than their Monte-Carlo uncertainty (4 s.e. for KL; the
+    Wilson 95% intervals of Cov_2 do not overlap)."""
+    task = AutoregressiveLinear.random(jax.random.key(3), V=4, H=6, d=6, X=3, B=2.0)
+    mf = lambda k: LogLinear(task, rngs=nnx.Rngs(k))
+    out = {}
+    for n in (30, 3000):
+        spec = TrainSpec(
+            steps=400, batch_size=min(n, 256), n_train=n, eval_every=400,
+            eval_samples=20_000, Ns=(2.0, 8.0),
+        )
+        out[n] = jax.jit(make_train(task, mf, optax.adam(0.05), spec))(jax.random.key(0))
+    small, big = (jax.tree.map(lambda a: np.asarray(a)[-1], out[n].metrics) for n in (30, 3000))
+    assert small.kl - big.kl > 4 * math.hypot(small.kl_se, big.kl_se)
+    assert big.cov_hi[0] < small.cov_lo[0]
+    assert big.kl < 0.05 * small.kl + 0.02
+
+
+def test_bernoulli_mle_missing_mass():
+    """Notes §3.2: with n ≤ 1/p⋆ a constant fraction of datasets gives p̂ = 0 and KL = ∞, yet
+    Cov_2 ≤ 2·log(1/δ)/n holds with probability ≥ 1 − δ for every n (δ = 0.05, 4000 datasets;
+    the allowance 0.02 on the probability is ~3 binomial s.e. at 4000 draws)."""
+    p, delta, reps = 0.01, 0.05, 4000
+    task = Bernoulli(p)
+    key = jax.random.key(0)
+    for n in (20, 50, 100, 300, 1000, 3000):
+        data = jax.vmap(lambda k, n=n: task.sample(k, n)[1])(jax.random.split(key, reps))
+        p_hat = np.asarray(jax.vmap(bernoulli_mle)(data)).reshape(reps)
+        kl = bernoulli_kl(p, p_hat)
+        cov2 = bernoulli_cov(p, p_hat, 2.0)
+        if n <= 1 / p:
+            frac_zero = np.mean(p_hat == 0)
+            assert frac_zero > 0.25 and np.all(np.isinf(kl[p_hat == 0]))
+            assert np.isinf(np.mean(kl))
+        bound = 2 * math.log(1 / delta) / n
+        assert np.mean(cov2 > bound) <= delta + 0.02, n
+
+
+def test_transformer_learns_markov_chain():
+    """A 2-layer transformer reaches near-zero sequence KL on a small chain (CPU, < 1 min)."""
+    task = MarkovChain.random(jax.random.key(5), V=4, H=8, order=1, concentration=1.0)
+    mf = lambda k: Transformer(
+        task.V, task.H, task.P, max(task.prompt_vocab, 1), layers=2, heads=2, width=32,
+        rngs=nnx.Rngs(k),
+    )
+    spec = TrainSpec(steps=600, batch_size=64, eval_every=300, eval_samples=4000, loss="token")
+    out = jax.jit(make_train(task, mf, optax.adam(3e-3), spec))(jax.random.key(0))
+    kl = np.asarray(out.metrics.kl)
+    assert kl[0] > 1.0
+    assert kl[-1] < 0.05, kl
+
+
+def test_same_seed_same_numbers(chain):
+    spec = TrainSpec(steps=40, batch_size=16, n_train=100, eval_every=20, eval_samples=500)
+    a = run_seeds(make_train(chain, tabular_fn(chain), optax.adam(0.05), spec), [3, 4])
+    b = run_seeds(make_train(chain, tabular_fn(chain), optax.adam(0.05), spec), [3, 4])
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # different seeds differ
+    assert not np.array_equal(np.asarray(a.metrics.kl[0]), np.asarray(a.metrics.kl[1]))
+
+
+def test_vmap_loop_and_progress_agree(chain):
+    spec = TrainSpec(steps=40, batch_size=16, eval_every=20, eval_samples=500)
+    tr = make_train(chain, tabular_fn(chain), optax.adam(0.05), spec)
+    a = run_seeds(tr, 2)
+    b = run_seeds(tr, 2, mode="loop")
+    c = run_seeds(tr, 2, progress=True)
+    for x in (b, c):
+        np.testing.assert_allclose(np.asarray(x.metrics.kl), np.asarray(a.metrics.kl), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(x.metrics.cov), np.asarray(a.metrics.cov))
+
+
+def _nan_at_step(step: int) -> optax.GradientTransformation:
+    """SGD that turns its update into NaN at `step` for inits whose parameters sum above 0."""
+
+    def init(params):
+        return jnp.int32(0)
+
+    def update(g, count, params):
+        s = sum(jnp.sum(a) for a in jax.tree.leaves(params))
+        bad = (count == step) & (s > 0)
+        return jax.tree.map(lambda a: jnp.where(bad, jnp.nan, -0.1 * a), g), count + 1
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_divergence_is_recorded_and_isolated(chain):
+    mf = lambda k: Tabular(chain.V, chain.H, init="random", init_scale=1.0, rngs=nnx.Rngs(k))
+    spec = TrainSpec(steps=20, batch_size=8, eval_every=10, eval_samples=300)
+    tr = make_train(chain, mf, _nan_at_step(12), spec)
+    seeds = list(range(6))
+    out = run_seeds(tr, seeds)
+    sums = [float(jnp.sum(tr.init_params(jax.random.split(jax.random.key(s), 4)[0])["table"][...]))
+            for s in seeds]
+    dv = np.asarray(out.diverged_step)
+    assert set(dv[np.array(sums) > 0]) == {12} and set(dv[np.array(sums) <= 0]) == {-1}
+    assert 0 < np.sum(dv == 12) < len(seeds)
+    kl = np.asarray(out.metrics.kl)
+    assert np.all(np.isnan(kl[dv == 12, 2])) and np.all(np.isfinite(kl[dv == 12, :2]))
+    assert np.all(np.isfinite(kl[dv == -1]))
+    ok = int(np.flatnonzero(dv == -1)[0])  # a healthy seed is unaffected by its neighbours
+    alone = run_seeds(tr, [ok])
+    np.testing.assert_allclose(np.asarray(alone.metrics.kl[0]), kl[ok], rtol=1e-5)
+    recs = to_records(out, spec, coords={"task.H": 6}, seeds=seeds)
+    assert {r["diverged_step"] for r in recs} == {12, -1}
+
+
+def test_checkpoints_round_trip(chain, tmp_path):
+    spec = TrainSpec(steps=40, batch_size=16, eval_every=20, eval_samples=500, keep_params=True)
+    tr = make_train(chain, tabular_fn(chain), optax.adam(0.05), spec)
+    out = jax.jit(tr)(jax.random.key(7))
+    save_checkpoints(tmp_path, out.step, out.params)
+    steps, params = load_checkpoints(tmp_path)
+    np.testing.assert_array_equal(steps, [0, 20, 40])
+    _, _, eval_set = tr.init(jax.random.key(7))
+    model = restore_model(tabular_fn(chain)(jax.random.key(0)), select(params, 1))
+    ev = evaluate(chain, model, eval_set, Ns=tr.Ns)
+    np.testing.assert_allclose(float(ev.kl), float(out.metrics.kl[1]), rtol=1e-5)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_token_level_and_distillation_losses_train(chain):
+    for kw in ({"update": "token"}, {"loss": "distill", "distill_N": 4.0}):
+        spec = TrainSpec(steps=60, batch_size=8, eval_every=60, eval_samples=1000, **kw)
+        out = jax.jit(make_train(chain, tabular_fn(chain), optax.sgd(0.5), spec))(
+            jax.random.key(0)
+        )
+        kl = np.asarray(out.metrics.kl)
+        assert kl[-1] < 0.5 * kl[0], kw
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"steps": 0}, "steps"),
+        ({"steps": 30, "eval_every": 20}, "steps"),
+        ({"batch_size": -1}, "batch_size"),
+        ({"Ns": (0.5,)}, "Ns"),
+        ({"loss": "mse"}, "loss"),
+        ({"update": "layer"}, "update"),
+        ({"n_train": 0}, "n_train"),
+    ],
+)
+def test_spec_validation_names_the_field(kw, field):
+    base = {"steps": 20, "batch_size": 4, "eval_every": 10}
+    with pytest.raises((ValueError, TypeError), match=field):
+        TrainSpec(**{**base, **kw})
