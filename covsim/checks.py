@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 
@@ -113,3 +114,13 @@ def _interval_text(low, high, low_open, high_open) -> str:
     left = "(" if low_open or low is None else "["
     right = ")" if high_open or high is None else "]"
     return f"{left}{lo}, {hi}{right}"
+
+
+def is_concrete(x) -> bool:
+    """A value a user gave (number, string, sequence, concrete array), as opposed to the
+    tracers and placeholders (None, object(), bools of prefix trees) that jax passes when it
+    rebuilds a pytree through __init__."""
+    if x is None or isinstance(x, bool | jax.core.Tracer):
+        return False
+    return isinstance(x, int | float | str | list | tuple | np.integer | np.floating
+                      | np.ndarray | jax.Array)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from covsim import metrics as M
 from covsim.checks import check_float, check_int
-from covsim.tasks.base import Task, inverse_cdf
+from covsim.tasks.base import Task, exact_cdf, inverse_cdf, open_uniform
 
 Array = jax.Array
 
@@ -23,13 +23,13 @@ def sample(model, prompts: Array, H: int, key: Array, temperature: float = 1.0) 
     One model call per position (O(H) forward passes; no cache): fine for the small learners
     here. Uniforms are pre-drawn and tokens chosen by inverse CDF (DESIGN.md numerics)."""
     n = prompts.shape[0]
-    u = jax.random.uniform(key, (H, n))
+    u = open_uniform(key, (H, n))
     inv_t = 1.0 / check_float("temperature", temperature, 0.0, low_open=True)
 
     def body(h, y):
         lp = model(prompts, y)[:, h]  # (n, V)
         lp = jax.nn.log_softmax(lp * inv_t, axis=-1)
-        tok = inverse_cdf(u[h], jnp.cumsum(jnp.exp(lp), axis=-1))
+        tok = inverse_cdf(u[h], exact_cdf(jnp.exp(lp)))
         return y.at[:, h].set(tok)
 
     return jax.lax.fori_loop(0, H, body, jnp.zeros((n, H), jnp.int32))

@@ -152,10 +152,11 @@ def cross_entropy(logp_model: Array, weights: Array | None = None) -> Array:
 def token_kl(teacher_logp: Array, model_logp: Array) -> Array:
     """Exact per-token KL(π_D(·|x,y_<h) ‖ π̂(·|x,y_<h)) along the given prefixes.
 
-    teacher_logp, model_logp (n, H, V) -> (n, H): Σ_v p_v (log p_v − log q_v). Terms with p_v = 0
+    teacher_logp, model_logp (..., V), e.g. (n, H, V) -> (n, H):
+    Σ_v p_v (log p_v − log q_v). Terms with p_v = 0
     are 0 (0·log 0); p_v > 0 with q_v = 0 gives +inf. Clipped at 0 (rounding can give −1e-8)."""
-    check_shape("teacher_logp", teacher_logp, (None, None, None))
-    check_shape("model_logp", model_logp, (None, None, None))
+    if np.ndim(teacher_logp) < 1:
+        raise ValueError("argument teacher_logp must have a last axis over the vocabulary V")
     check_same_shape(("teacher_logp", "model_logp"), teacher_logp, model_logp)
     _check_nonempty("teacher_logp", teacher_logp)
     lp, lq = jnp.asarray(teacher_logp, f32), jnp.asarray(model_logp, f32)

@@ -30,6 +30,7 @@ import optax
 from jax import lax
 
 from covsim.checks import check_float, check_int
+from covsim.metrics import token_kl
 from covsim.tasks.base import gather_tokens
 
 Array = jax.Array
@@ -368,13 +369,6 @@ def truncation_weights(eps: Array, A) -> Array:
     safe = jnp.where(eps > 0, eps, 1.0)
     frac = jnp.clip((A - prev) / safe, 0.0, 1.0)
     return jnp.where(S <= A, 1.0, jnp.where(prev >= A, 0.0, frac)).astype(eps.dtype)
-
-
-def token_kl(teacher_logp: Array, model_logp: Array) -> Array:
-    """ε_h = KL(π_D(·|x, y_{<h}) ‖ π_θ(·|x, y_{<h})): (..., H, V) × 2 -> (..., H); 0·log 0 = 0."""
-    p = jnp.exp(teacher_logp)
-    terms = jnp.where(p > 0, p * (teacher_logp - model_logp), 0.0)
-    return jnp.sum(terms, axis=-1)
 
 
 def truncated_distillation_loss(teacher_logp, model_logp, responses, A) -> Array:

@@ -157,7 +157,7 @@ def band_plot(
             )
         ax.set_ylim(bottom, top)
     if any_inf:
-        ax.plot([], [], INF_MARKER, color="0.3", label="▲ median = ∞")
+        ax.plot([], [], INF_MARKER, color="0.3", label="median = ∞ (at the top)")
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     return s

@@ -117,6 +117,12 @@ class Trainer:
         # The graph structure and non-trainable state come from one throw-away build; each
         # seed then builds only its own parameters (so inits can be vmapped).
         self.graphdef, _, self.rest = nnx.split(model_fn(jax.random.key(0)), nnx.Param, ...)
+        if jax.tree.leaves(nnx.filter_state(self.rest, nnx.RngState)):
+            # the non-Param state is shared and frozen here, so dropout masks would repeat
+            raise ValueError(
+                "the model carries random state (dropout > 0): the trainer keeps non-Param "
+                "state fixed, so use dropout = 0"
+            )
         self.Ns = jnp.asarray(spec.Ns, jnp.float32)
 
     # ---- model plumbing --------------------------------------------------------------
@@ -149,22 +155,25 @@ class Trainer:
         """(steps, b) indices into the fixed dataset: consecutive shuffled epochs."""
         s = self.spec
         n_epochs = math.ceil(s.steps * s.batch_size / s.n_train)
-        keys = jax.random.split(key, n_epochs)
-        perms = jax.vmap(lambda k: jax.random.permutation(k, s.n_train))(keys)
+        # one argsort of uniforms shuffles every epoch: far cheaper to compile than vmapped
+        # `jax.random.permutation` (several sort rounds); uniform up to float32 ties
+        perms = jnp.argsort(jax.random.uniform(key, (n_epochs, s.n_train)), axis=-1)
         return perms.reshape(-1)[: s.steps * s.batch_size].reshape(s.steps, s.batch_size)
 
     # ---- the run ---------------------------------------------------------------------
     def init(self, key: Array):
         """Everything a run needs, from its key: (state, data, eval_set)."""
-        k_init, k_data, k_eval, k_train = jax.random.split(key, 4)
+        k_init, k_data, k_perm, k_train = jax.random.split(key, 4)
         params = self.init_params(k_init)
         s = self.spec
         if s.n_train is None:
             data = None
-        else:
-            k_sample, k_perm = jax.random.split(k_data)
-            data = (*self.task.sample(k_sample, s.n_train), self._batch_indices(k_perm))
-        eval_set = make_eval_set(self.task, k_eval, s.eval_samples)
+            eval_set = make_eval_set(self.task, k_data, s.eval_samples)
+        else:  # one draw of n_train + eval_samples i.i.d. pairs: a single sampler to compile
+            x, y = self.task.sample(k_data, s.n_train + s.eval_samples)
+            data = (x[: s.n_train], y[: s.n_train], self._batch_indices(k_perm))
+            ex, ey = x[s.n_train :], y[s.n_train :]
+            eval_set = (ex, ey, self.task.log_prob(ex, ey))
         state = _State(params, self.opt.init(params), k_train, jnp.int32(0), jnp.int32(-1))
         return state, data, eval_set
 

@@ -1,7 +1,8 @@
 """Exactness checks that every `Task` family reuses in its tests.
 
 Each `assert_*` helper raises AssertionError with the measured numbers. They need small
-tasks: `exact_joint` enumerates prompt_support × V^H.
+tasks: the exact joint enumerates prompt_support × V^H (as `exact_joint` does, with
+`enumerate` compiled once per task).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from covsim.tasks.base import Task, exact_joint
+from covsim.tasks.base import Task
 
 #: float32 rounding: unit roundoff of one addition or of one log-prob entry.
 U32 = 2.0**-24
@@ -24,38 +25,68 @@ jit_next_token = jax.jit(lambda t, x, y: t.next_token_log_probs(x, y))
 jit_token = jax.jit(lambda t, x, y: t.token_log_probs(x, y))
 jit_log_prob = jax.jit(lambda t, x, y: t.log_prob(x, y))
 jit_sample = jax.jit(lambda t, k, n: t.sample(k, n), static_argnums=2)
+jit_enumerate = jax.jit(lambda t, x: t.enumerate(x))
 
 
-def random_batch(task: Task, key, n: int) -> tuple[jax.Array, jax.Array]:
+@jax.jit
+def _scores(task: Task, x, y, noise):
+    """Every score of a batch in one compiled call: next_token_log_probs (n, H, V),
+    token_log_probs (n, H), log_prob (n,) and, for the chain rule, `sep` (H, n, V): row h is
+    next_token_log_probs evaluated on its own input y_{<h} ++ noise[h]_{≥h}, read at h."""
+    H = y.shape[1]
+
+    def at(h):
+        return task.next_token_log_probs(x, jnp.where(jnp.arange(H) < h, y, noise[h]))[:, h]
+
+    sep = jax.vmap(at)(jnp.arange(H))
+    return (task.next_token_log_probs(x, y), task.token_log_probs(x, y), task.log_prob(x, y),
+            sep)
+
+
+def random_batch(task: Task, seed: int, n: int) -> tuple[jax.Array, jax.Array]:
     """Arbitrary (not sampled) inputs: prompts drawn from prompt_support, responses uniform
-    on [0, V)^H, so zero-probability responses and every context get exercised."""
-    kx, ky = jax.random.split(key)
-    xs, _ = task.prompt_support()
-    prompts = xs[jax.random.randint(kx, (n,), 0, xs.shape[0])]
-    return prompts, jax.random.randint(ky, (n, task.H), 0, task.V, jnp.int32)
+    on [0, V)^H, so zero-probability responses and every context get exercised. NumPy
+    draws: test inputs need no compiled PRNG."""
+    rng = np.random.default_rng(seed)
+    xs = np.asarray(task.prompt_support()[0])
+    prompts = xs[rng.integers(0, xs.shape[0], n)]
+    return jnp.asarray(prompts, jnp.int32), jnp.asarray(rng.integers(0, task.V, (n, task.H)),
+                                                         jnp.int32)
+
+
+def joint(task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_joint` with `enumerate` compiled once: rows [x, y] (K·M, P + H) and the joint
+    log-probabilities log µ(x) + log π_D(y|x) (K·M,) float64."""
+    xs, log_mu = task.prompt_support()
+    rows, lps = [], []
+    for x, lm in zip(np.asarray(xs), np.asarray(log_mu, np.float64), strict=True):
+        ys, lp = jit_enumerate(task, jnp.asarray(x))
+        rows.append(np.concatenate([np.broadcast_to(x, (ys.shape[0], task.P)), ys], axis=1))
+        lps.append(np.asarray(lp, np.float64) + lm)
+    return np.concatenate(rows), np.concatenate(lps)
 
 
 def assert_normalised(task: Task, atol: float = 1e-5) -> None:
     """Σ_y π_D(y|x) = 1 over `enumerate` for every prompt of prompt_support, and the joint
-    Σ_{x,y} µ(x) π_D(y|x) = 1 over `exact_joint`, both within atol (float32 sums of V^H ≤ a
-    few thousand terms err by ≲ 1e-6)."""
+    Σ_{x,y} µ(x) π_D(y|x) = 1 over prompt_support × enumerate, both within atol (float32
+    sums of V^H ≤ a few thousand terms err by ≲ 1e-6)."""
     xs, log_mu = task.prompt_support()
     mu = np.exp(np.asarray(log_mu, np.float64))
     assert abs(mu.sum() - 1) <= atol, f"prompt weights sum to {mu.sum()}"
     for x in np.asarray(xs):
-        ys, lp = task.enumerate(jnp.asarray(x))
+        ys, lp = jit_enumerate(task, jnp.asarray(x))
         assert ys.shape == (task.V**task.H, task.H)
         s = np.exp(np.asarray(lp, np.float64)).sum()
         assert abs(s - 1) <= atol, f"Σ_y π(y|x={x.tolist()}) = {s}"
-    _, _, L = exact_joint(task)
-    s = np.exp(np.asarray(L, np.float64)).sum()
+    s = np.exp(joint(task)[1]).sum()
     assert abs(s - 1) <= atol, f"Σ_(x,y) µ(x)π(y|x) = {s}"
 
 
 def assert_rows_normalised(task: Task, prompts, responses, atol: float = 1e-5) -> None:
     """Every row of next_token_log_probs (n, H, V) sums to 1 within atol (a float32 softmax
     or table row errs by ~V·U32)."""
-    lp = jit_next_token(task, prompts, responses)
+    noise = jnp.zeros((task.H, *responses.shape), jnp.int32)
+    lp = _scores(task, prompts, responses, noise)[0]
     assert lp.shape == (responses.shape[0], task.H, task.V), lp.shape
     assert lp.dtype == jnp.float32, lp.dtype
     s = np.exp(np.asarray(lp, np.float64)).sum(-1)
@@ -63,23 +94,20 @@ def assert_rows_normalised(task: Task, prompts, responses, atol: float = 1e-5) -
     assert not np.any(np.isnan(np.asarray(lp))), "NaN in next_token_log_probs"
 
 
-def assert_chain_rule(task: Task, prompts, responses, key) -> None:
+def assert_chain_rule(task: Task, prompts, responses, seed: int = 0) -> None:
     """log_prob(x, y) = Σ_h log π(y_h | x, y_{<h}) with each factor evaluated *separately*:
     for position h the response is y_{<h} followed by random tokens, so the factor may
     depend on the prefix only (causality) and the product must rebuild the sequence
     probability. The h-th factors must match `token_log_probs` up to 2 ulp; the sums up to
     the float32 summation bound H·U32·Σ_h |term_h| (+1e-6); −inf must match −inf."""
     n, H = responses.shape
-    noise = jax.random.randint(key, (H, n, H), 0, task.V, jnp.int32)
-    terms = []
-    for h in range(H):
-        y = jnp.where(jnp.arange(H) < h, responses, noise[h])
-        lp = jit_next_token(task, prompts, y)[:, h]  # (n, V)
-        terms.append(np.take_along_axis(np.asarray(lp), np.asarray(responses)[:, h, None], 1))
-    terms = np.concatenate(terms, axis=1).astype(np.float64)  # (n, H)
-    tok = np.asarray(jit_token(task, prompts, responses), np.float64)
+    noise = jnp.asarray(np.random.default_rng(seed).integers(0, task.V, (H, n, H)), jnp.int32)
+    _, tok, total, sep = _scores(task, prompts, responses, noise)
+    y = np.asarray(responses)
+    terms = np.take_along_axis(np.asarray(sep, np.float64), y.T[..., None], 2)[..., 0].T
+    tok = np.asarray(tok, np.float64)
     _assert_close_inf("token_log_probs", tok, terms, 1e-6 + 4 * U32 * np.abs(terms))
-    total = np.asarray(jit_log_prob(task, prompts, responses), np.float64)
+    total = np.asarray(total, np.float64)
     want = terms.sum(1)
     finite = np.where(np.isfinite(terms), np.abs(terms), 0).sum(1)
     _assert_close_inf("log_prob", total, want, 1e-6 + H * U32 * finite)
@@ -113,7 +141,7 @@ def assert_sampling_api(task: Task, key, n: int = 64, stochastic: bool = True) -
 
 
 def assert_samples_match_exact(task: Task, key, n: int = 200_000, alpha: float = 1e-4) -> None:
-    """The empirical law of n draws of `sample` matches `exact_joint`.
+    """The empirical law of n draws of `sample` matches the exact joint (see `joint`).
 
     * No draw may fall outside the support or in a cell of exact probability 0.
     * Pearson chi-square goodness of fit over cells with p > 0, cells with expected count
@@ -125,10 +153,9 @@ def assert_samples_match_exact(task: Task, key, n: int = 200_000, alpha: float =
       first term bounds E[TV] (Jensen on each |p̂_i − p_i|), the second is McDiarmid's
       deviation (one draw moves TV by ≤ 1/n) exceeded with probability ≤ alpha.
     """
-    X, Y, L = exact_joint(task)
-    support = np.concatenate([np.asarray(X), np.asarray(Y)], axis=1)
+    support, L = joint(task)
     M = support.shape[0]
-    p = np.exp(np.asarray(L, np.float64))
+    p = np.exp(L)
     assert abs(p.sum() - 1) <= 1e-5, f"exact probabilities sum to {p.sum()}"
     p = p / p.sum()
     xs, ys = jit_sample(task, key, n)
@@ -171,12 +198,11 @@ def _pool(obs: np.ndarray, exp_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def check_task(task: Task, key, n_exact: int = 200_000, n_batch: int = 64,
                stochastic: bool = True) -> None:
     """Every check above on one small task (one compiled `sample` shape: n_exact)."""
-    k1, k2, k3 = jax.random.split(key, 3)
     assert_normalised(task)
-    prompts, responses = random_batch(task, k1, n_batch)
+    prompts, responses = random_batch(task, 0, n_batch)
     assert_rows_normalised(task, prompts, responses)
-    assert_chain_rule(task, prompts, responses, k2)
-    assert_sampling_api(task, k3, n_exact, stochastic)
-    xs, ys = jit_sample(task, k3, n_exact)
-    assert_chain_rule(task, xs[:n_batch], ys[:n_batch], k2)
-    assert_samples_match_exact(task, k3, n_exact)
+    assert_chain_rule(task, prompts, responses, seed=1)
+    assert_sampling_api(task, key, n_exact, stochastic)
+    xs, ys = jit_sample(task, key, n_exact)
+    assert_chain_rule(task, xs[:n_batch], ys[:n_batch], seed=2)
+    assert_samples_match_exact(task, key, n_exact)

@@ -397,7 +397,7 @@ BAD_INPUTS = [
     (lambda: m.coverage_exact(jnp.zeros(3), _r(), [2.0]), "logp_joint"),
     (lambda: m.kl_with_se(jnp.zeros(1)), "r"),
     (lambda: m.token_kl(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 5))), "teacher_logp"),
-    (lambda: m.token_kl(jnp.zeros((2, 3)), jnp.zeros((2, 3))), "teacher_logp"),
+    (lambda: m.token_kl(jnp.zeros(()), jnp.zeros(())), "teacher_logp"),
     (lambda: m.per_position_ce(jnp.zeros(3)), "token_logp_model"),
     (lambda: m.stopped_kl(jnp.zeros((4, 2)), 0.0), "N"),
     (lambda: m.empirical_coverage_matrix(jnp.zeros(5), 2.0), "L"),

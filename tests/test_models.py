@@ -292,6 +292,83 @@ def test_fit_counts_matches_counters(order, positional, alpha):
     assert (alpha > 0) == bool(np.all(want > 0))
 
 
+def _codes(m, prompts):
+    ix = m.contexts(jnp.asarray(prompts, jnp.int32), jnp.zeros((len(prompts), m.H), jnp.int32))[0]
+    return np.asarray(ix)[:, 0]
+
+
+def test_prompt_codes_are_one_to_one():
+    """Per-position radices and the class code number every valid prompt with a distinct
+    table slice, using exactly the table's prompt axis (no gaps, no waste)."""
+    m = Tabular(2, 2, P=3, prompt_radices=(2, 3, 5), rngs=nnx.Rngs(0))
+    allx = np.array(list(itertools.product(range(2), range(3), range(5))))
+    assert m.table[...].shape[0] == 30
+    np.testing.assert_array_equal(np.sort(_codes(m, allx)), np.arange(30))
+    cr = ((), (5,), (2, 3))  # class 0: no sub-prompt; 1: one position; 2: two positions
+    m = Tabular(2, 2, P=3, class_radices=cr, rngs=nnx.Rngs(0))
+    valid = [[0, 0, 0]] + [[1, a, 0] for a in range(5)]
+    valid += [[2, a, b] for a in range(2) for b in range(3)]
+    assert m.table[...].shape[0] == 1 + 5 + 6
+    np.testing.assert_array_equal(np.sort(_codes(m, valid)), np.arange(12))
+
+
+def test_class_code_fit_counts_matches_counters():
+    """fit_counts under the class code: one table per (class, sub-prompt), as counted by hand."""
+    Vt, Ht = 3, 3
+    rng = np.random.default_rng(3)
+    xs = np.zeros((60, 2), np.int32)
+    xs[:, 0] = rng.integers(0, 3, 60)
+    xs[xs[:, 0] == 1, 1] = rng.integers(0, 4, int(np.sum(xs[:, 0] == 1)))
+    ys = rng.integers(0, Vt, (60, Ht)).astype(np.int32)
+    m = Tabular(Vt, Ht, P=2, class_radices=((), (4,), ()), rngs=nnx.Rngs(0))
+    m = m.fit_counts(xs, ys, 0.5)
+    hand = _hand_fit(xs, ys, Vt, 1, False, 0.5)
+    allx = np.array([[0, 0], *[[1, a] for a in range(4)], [2, 0]], np.int32)
+    ally = np.array(list(itertools.product(range(Vt), repeat=Ht)), np.int32)
+    gx, gy = np.repeat(allx, len(ally), 0), np.tile(ally, (len(allx), 1))
+    got = np.exp(np.asarray(m(jnp.asarray(gx), jnp.asarray(gy))))
+    want = np.array([[hand(x, h, y) for h in range(Ht)] for x, y in zip(gx, gy, strict=True)])
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_prompt_radices_of_tasks():
+    from covsim.models.tabular import class_radices, prompt_radices
+    from covsim.tasks.markov import MarkovChain
+    from covsim.tasks.mixture import Mixture
+
+    one = MarkovChain.random(jax.random.key(0), V=3, H=2)  # P = 0
+    many = MarkovChain.random(jax.random.key(0), V=3, H=2, n_prompts=7)  # P = 1, vocab 7
+    mix = Mixture((one, many, one), (0.5, 0.3, 0.2))
+    assert prompt_radices(many) == (7,) and prompt_radices(one) == ()
+    assert prompt_radices(mix) == (3, 7)
+    assert class_radices(mix) == ((), (7,), ())
+    m = Tabular(3, 2, P=mix.P, prompt_vocab=mix.prompt_vocab, class_radices=class_radices(mix),
+                rngs=nnx.Rngs(0))
+    assert m.table[...].shape == (9, 1, 4, 3)
+    with pytest.raises(TypeError, match="Mixture"):
+        class_radices(many)
+
+
+def test_prompt_code_validation():
+    r = nnx.Rngs(0)
+    with pytest.raises(ValueError, match="P = 2 entries"):
+        Tabular(2, 2, P=2, prompt_radices=(3,), rngs=r)
+    with pytest.raises(ValueError, match="prompt_radices\\[1\\]"):
+        Tabular(2, 2, P=2, prompt_radices=(3, 0), rngs=r)
+    with pytest.raises(ValueError, match="exclusive"):
+        Tabular(2, 2, P=2, prompt_radices=(3, 3), class_radices=((), (3,)), rngs=r)
+    with pytest.raises(ValueError, match="P ≥ 1"):
+        Tabular(2, 2, class_radices=((),), rngs=r)
+    with pytest.raises(ValueError, match="at most P − 1 = 1"):
+        Tabular(2, 2, P=2, class_radices=((), (2, 2)), rngs=r)
+    with pytest.raises(ValueError, match="Π prompt_radices"):
+        Tabular(2, 2, P=2, prompt_radices=(2048, 1024), rngs=r)
+    with pytest.raises(ValueError, match="Σ_c Π class_radices"):
+        Tabular(2, 2, P=2, class_radices=((1 << 20,), (1,)), rngs=r)
+    with pytest.raises(TypeError, match="prompt_radices"):
+        Tabular(2, 2, P=1, prompt_radices="3", rngs=r)
+
+
 # ---- validation ----------------------------------------------------------------------------
 
 

@@ -6,26 +6,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from covsim.tasks.markov import STORE_MAX, MarkovChain
 from task_checks import (
-    assert_chain_rule,
-    assert_rows_normalised,
     check_task,
-    jit_log_prob,
     jit_next_token,
     jit_sample,
     jit_token,
     random_batch,
 )
 
+from covsim.tasks.markov import STORE_MAX, MarkovChain
+
 KEY = jax.random.key(0)
 
 CONFIGS = {
     "dirichlet-order1-stationary": dict(V=3, H=4, concentration=0.5),
-    "gaussian-order2-positional": dict(V=3, H=4, order=2, temperature=0.7, stationary=False),
-    "pivotal-prompts": dict(V=3, H=4, pivotal=[1, 3], eps=0.05, n_prompts=3),
-    "regenerated-pivotal-order2": dict(
+    "stored-pivotal-order2-prompts": dict(V=3, H=4, order=2, pivotal=[1, 3], eps=0.05,
+                                          temperature=0.7, n_prompts=3),
+    "regenerated-pivotal-order2-prompts": dict(
         V=2, H=4, order=2, pivotal=[0], eps=0.1, temperature=0.5, n_prompts=3, store_max=0
     ),
 }
@@ -55,7 +52,7 @@ def test_explicit_tables_with_zero_transitions_are_exact():
 
 
 def test_context_index_matches_definition():
-    task = MarkovChain.random(KEY, V=3, H=5, order=3)
+    task = MarkovChain.from_tables(np.full((64, 3), 1 / 3), H=5, order=3)
     y = jnp.array([[2, 0, 1, 1, 2]])
     pad = [3, 3, 3] + [2, 0, 1, 1, 2]  # BOS = V = 3
     want = [sum(pad[3 + h - j] * 4 ** (j - 1) for j in (1, 2, 3)) for h in range(5)]
@@ -68,34 +65,29 @@ def test_stored_and_regenerated_tables_define_the_same_chain():
     a = MarkovChain.random(KEY, **kw)
     b = MarkovChain.random(KEY, store_max=0, **kw)
     assert a.stored and not b.stored
-    x, y = random_batch(a, jax.random.key(3), 128)
+    x, y = random_batch(a, 3, 128)
     np.testing.assert_allclose(jit_next_token(a, x, y), jit_next_token(b, x, y), atol=1e-6)
-    np.testing.assert_allclose(jit_log_prob(a, x, y), jit_log_prob(b, x, y), atol=1e-5)
-    np.testing.assert_allclose(a.tables(x[:4]), b.tables(x[:4]), atol=1e-6)
-    xa, ya = jit_sample(a, jax.random.key(4), 512)
-    xb, yb = jit_sample(b, jax.random.key(4), 512)
-    assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    # (the regenerated sampler is checked against its own scores in test_random_chain_is_exact)
 
 
 def test_many_prompts_near_deterministic_tables_are_regenerated():
     # DESIGN.md's horizon experiment: thousands of sub-prompts, each its own
     # near-deterministic table; only the rows visited are ever drawn.
-    V, H, eps, K = 8, 64, 1e-3, 4096
+    V, H, eps, K, n = 8, 32, 1e-3, 1 << 16, 2000
     task = MarkovChain.random(KEY, V=V, H=H, pivotal=[], eps=eps, n_prompts=K)
     assert not task.stored and task.P == 1 and task.prompt_vocab == K
-    x, y = jit_sample(task, jax.random.key(5), 4000)
-    assert len(np.unique(np.asarray(x))) > 2000  # uniform over 4096: ≈ 2533 distinct
-    lp = jit_token(task, x, y)
-    # every token is the table's top token except w.p. eps: ~256 misses in 256k tokens
-    top = np.isclose(np.asarray(lp), math.log1p(-eps), atol=1e-6)
-    miss = np.isclose(np.asarray(lp), math.log(eps / (V - 1)), atol=1e-4)
+    x, y = jit_sample(task, jax.random.key(5), n)
+    assert len(np.unique(np.asarray(x))) > 1900  # uniform over 65536: ≈ 1970 distinct
+    lp = np.asarray(jit_token(task, x, y))
+    # every token is its table's top token except w.p. eps: Poisson(64) misses in 64k tokens
+    top = np.isclose(lp, math.log1p(-eps), atol=1e-6)
+    miss = np.isclose(lp, math.log(eps / (V - 1)), atol=1e-4)
     assert np.all(top | miss)
-    assert 256 - 5 * 16 <= miss.sum() <= 256 + 5 * 16  # Poisson(256) ± 5σ
-    h_eps = -(1 - eps) * math.log1p(-eps) - eps * math.log(eps / (V - 1))
-    np.testing.assert_allclose(task.position_entropy(x[:3]), h_eps, rtol=1e-4)
-    # distinct prompts have distinct rules
-    t = task.tables(jnp.array([[0], [1]]))
-    assert np.mean(np.argmax(t[0], -1) != np.argmax(t[1], -1)) > 0.5
+    assert 64 - 5 * 8 <= miss.sum() <= 64 + 5 * 8  # ± 5σ
+    # distinct prompts have distinct rules: under another prompt a token is that table's
+    # top token w.p. ≈ 1/V only (binomial(64k, 1/8): 8000 ± 5·84)
+    lp_other = np.asarray(jit_token(task, jnp.roll(x, 1, axis=0), y))
+    assert np.isclose(lp_other, math.log1p(-eps), atol=1e-6).sum() <= 8000 + 5 * 84
 
 
 def test_entropy_matches_enumeration():
@@ -120,26 +112,29 @@ def test_entropy_matches_enumeration():
     (dict(concentration=0.02), dict(concentration=200.0)),
 ])
 def test_spread_controls_entropy(low, high):
-    V = 4
-    e_lo = MarkovChain.random(KEY, V=V, H=6, stationary=False, **low).entropy().mean()
-    e_hi = MarkovChain.random(KEY, V=V, H=6, stationary=False, **high).entropy().mean()
-    # sharp rows: entropy ≪ log V; flat rows: log V − O(1/temperature² or 1/concentration)
-    assert float(e_lo) < 0.25 and float(e_hi) > math.log(V) - 0.02
+    V = 3
+
+    def row_entropy(kw):  # mean entropy of the C·H rows
+        lp = np.asarray(MarkovChain.random(KEY, V=V, H=4, **kw).log_T)
+        return -np.sum(np.where(lp > -np.inf, np.exp(lp) * lp, 0), -1).mean()
+
+    # sharp rows: entropy ≪ log V; flat rows: log V − O(1/temperature² or 1/concentration).
+    # Shapes as in CONFIGS so that the gamma sampler compiles once.
+    assert row_entropy(low) < 0.25 and row_entropy(high) > math.log(V) - 0.02
 
 
 def test_random_is_vmappable_over_keys():
     keys = jax.random.split(KEY, 3)
-    batch = jax.vmap(lambda k: MarkovChain.random(k, V=3, H=4, concentration=2.0))(keys)
+    batch = jax.vmap(lambda k: MarkovChain.random(k, V=3, H=4))(keys)
     assert batch.log_T.shape == (3, 1, 1, 4, 3)
-    one = MarkovChain.random(keys[1], V=3, H=4, concentration=2.0)
+    one = MarkovChain.random(keys[1], V=3, H=4)
     np.testing.assert_allclose(batch.log_T[1], one.log_T, atol=1e-6)
 
 
 def test_sampled_transitions_follow_a_large_table():
-    # V = 16, first order, H = 64: transition frequencies vs the table (beyond enumeration).
-    task = MarkovChain.random(KEY, V=16, H=64, concentration=1.0)
-    n = 20_000
-    x, y = jit_sample(task, jax.random.key(6), n)
+    # V = 16, first order: transition frequencies vs the table (beyond enumeration).
+    task = MarkovChain.random(KEY, V=16, H=32)
+    x, y = jit_sample(task, jax.random.key(6), 10_000)
     c = np.asarray(task.contexts(y)).ravel()
     counts = np.zeros((task.C, 16))
     np.add.at(counts, (c, np.asarray(y).ravel()), 1)
@@ -153,8 +148,6 @@ def test_sampled_transitions_follow_a_large_table():
         bound = 0.5 * np.sqrt(T[ci] * (1 - T[ci]) / m).sum() + math.sqrt(
             math.log(task.C / 1e-4) / (2 * m))
         assert tv <= bound, (ci, tv, bound)
-    assert_rows_normalised(task, x[:32], y[:32])
-    assert_chain_rule(task, x[:8], y[:8], jax.random.key(7))
 
 
 # ---- errors ----------------------------------------------------------------------------
@@ -196,11 +189,13 @@ def test_from_tables_rejects_bad_tables():
 
 
 def test_batch_shapes_are_checked():
-    task = MarkovChain.random(KEY, V=3, H=4, n_prompts=2)
-    x, y = task.sample(KEY, 5)
+    task = MarkovChain.from_tables(np.full((2, 1, 4, 3), 1 / 3), H=4)  # 2 prompts: P = 1
+    x, y = jnp.zeros((5, 1), jnp.int32), jnp.zeros((5, 4), jnp.int32)
     with pytest.raises(ValueError, match=r"argument prompts must have shape \(\*, 1\)"):
         task.log_prob(jnp.zeros((5, 0), jnp.int32), y)
     with pytest.raises(ValueError, match=r"argument responses must have shape \(5, 4\)"):
         task.next_token_log_probs(x, y[:, :3])
     with pytest.raises(ValueError, match=r"argument responses must have shape \(5, 4\)"):
         task.token_log_probs(x, y[:4])
+    with pytest.raises(ValueError, match=r"argument prompts must have shape \(\*, 1\)"):
+        task.tables(jnp.zeros((5,), jnp.int32))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from covsim.checks import check_float
+from covsim.optim import project_params
 
 Array = jax.Array
 
@@ -44,7 +45,7 @@ class LogLinear(nnx.Module):
             theta = jnp.zeros((d,), jnp.float32)
         else:
             theta = init_scale / jnp.sqrt(d) * jax.random.normal(rngs.params(), (d,), jnp.float32)
-            theta = project(theta, float(task.R), str(task.ball))
+            theta = project_params(theta, float(task.R), str(task.ball))
         self.theta = nnx.Param(theta)
         self.task = nnx.data(task)
 
@@ -67,12 +68,3 @@ class LogLinear(nnx.Module):
         lp = self.task.next_token_log_probs_theta(self.theta[...], prompts, responses)
         return lp.astype(jnp.float32)
 
-
-def project(theta: Array, radius: float, ball: str) -> Array:
-    """Euclidean projection of θ (d,) onto {‖θ‖ ≤ radius} for ball "l2" or "linf"."""
-    if ball == "l2":
-        norm = jnp.sqrt(jnp.sum(theta**2))
-        return theta * jnp.minimum(1.0, radius / jnp.maximum(norm, 1e-30))
-    if ball == "linf":
-        return jnp.clip(theta, -radius, radius)
-    raise ValueError(f"argument ball must be one of ['l2', 'linf'], got {ball!r}")

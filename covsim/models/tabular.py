@@ -2,11 +2,16 @@
 
     π̂(y_h | x, y_{<h}) = softmax(table[c(x), h or 0, y_{h-k} .. y_{h-1}])
 
-c(x) is the mixed-radix code of the prompt (0 when not prompt-conditioned): position j of the
-prompt has radix r_j, by default r_j = prompt_vocab (so prompt_vocab^P codes). Prompts whose
-positions range over very different sets, like a Mixture's [class id, sub-prompt], need their
-own radices to fit (`prompt_radices(task)` computes them), e.g. (3, 4096): 12288 codes instead
-of 4096². Tokens before the response are BOS (= V), so each context slot takes V + 1 values.
+c(x) is a code of the prompt (0 when not prompt-conditioned), one table slice per code:
+
+* mixed radix (default): position j of the prompt has radix r_j, by default prompt_vocab
+  (prompt_vocab^P codes); `prompt_radices` sets the r_j (`prompt_radices(task)`: e.g. (3, 4096)
+  for a Mixture's [class id, sub-prompt], 12288 codes instead of 4096²);
+* class code: the prompt is [c, x_c] with x_c mixed-radix over its class's own radices
+  (`class_radices`, `class_radices(task)` for a Mixture), c(x) = offset_c + code_c(x_c):
+  Σ_c Π_j r_cj codes, e.g. 1 + 4096 + 1 for one many-prompt class among single-prompt ones.
+
+Tokens before the response are BOS (= V), so each context slot takes V + 1 values.
 It is misspecified whenever the truth remembers more than k tokens.
 """
 
@@ -38,6 +43,8 @@ class Tabular(nnx.Module):
     Call: prompts (n, P), responses (n, H) int32 -> (n, H, V) float32 log-probs.
     prompt_radices (P ints ≥ 1): the radix r_j of prompt position j (prompt tokens must lie in
     [0, r_j)); default prompt_vocab at every position.
+    class_radices (K tuples of ints ≥ 1, each of length ≤ P − 1; exclusive with prompt_radices):
+    the class code for prompts [c, x_c, zero padding], c ∈ [0, K), x_c's position j in [0, r_cj).
     init="zeros" is uniform; init="random" draws logits ~ N(0, init_scale²).
     """
 
@@ -52,6 +59,7 @@ class Tabular(nnx.Module):
         prompt_conditioned: bool = True,
         positional: bool = False,
         prompt_radices: Sequence[int] | None = None,
+        class_radices: Sequence[Sequence[int]] | None = None,
         init: str = "zeros",
         init_scale: float = 0.1,
         rngs: nnx.Rngs,
@@ -69,25 +77,46 @@ class Tabular(nnx.Module):
             raise ValueError(f"argument init must be one of ['zeros', 'random'], got {init!r}")
         init_scale = check_float("init_scale", init_scale, 0.0)
 
-        if prompt_radices is None:
+        if prompt_radices is not None and class_radices is not None:
+            raise ValueError("arguments prompt_radices and class_radices are exclusive; give one")
+        self.class_radices = None
+        if class_radices is None:
             radices = (self.prompt_vocab,) * self.P
+            if prompt_radices is not None:
+                radices = _int_tuple("prompt_radices", prompt_radices)
+                if len(radices) != self.P:
+                    raise ValueError(f"argument prompt_radices must have P = {self.P} entries "
+                                     f"(one per prompt position), got {len(radices)}")
+            self.prompt_radices = radices
+            n_codes = math.prod(radices)
         else:
-            if isinstance(prompt_radices, str | bytes) or not isinstance(prompt_radices, Sequence):
-                raise TypeError(f"argument prompt_radices must be a sequence of {self.P} ints ≥ 1 "
-                                f"(one per prompt position), got {prompt_radices!r}")
-            radices = tuple(check_int(f"prompt_radices[{j}]", r, 1)
-                            for j, r in enumerate(prompt_radices))
-            if len(radices) != self.P:
-                raise ValueError(f"argument prompt_radices must have P = {self.P} entries (one "
-                                 f"per prompt position), got {len(radices)}")
-        self.prompt_radices = radices
-        Kx = math.prod(radices) if self.prompt_conditioned else 1
+            if self.P == 0:
+                raise ValueError("argument class_radices needs a class id: P ≥ 1, got P = 0")
+            if isinstance(class_radices, str | bytes) or not isinstance(class_radices, Sequence):
+                raise TypeError(f"argument class_radices must be a sequence of tuples of ints, "
+                                f"got {class_radices!r}")
+            self.class_radices = tuple(
+                _int_tuple(f"class_radices[{c}]", r) for c, r in enumerate(class_radices)
+            )
+            if not self.class_radices:
+                raise ValueError("argument class_radices must name at least one class")
+            for c, r in enumerate(self.class_radices):
+                if len(r) > self.P - 1:
+                    raise ValueError(f"argument class_radices[{c}] must have at most P − 1 = "
+                                     f"{self.P - 1} entries, got {len(r)}")
+            self.prompt_radices = None
+            n_codes = sum(math.prod(r) for r in self.class_radices)
+        Kx = n_codes if self.prompt_conditioned else 1
         if Kx > MAX_PROMPTS:
-            text = " · ".join(map(str, radices))
+            if class_radices is not None:
+                text = "Σ_c Π class_radices[c]"
+            elif prompt_radices is None:
+                text = f"prompt_vocab^P = {self.prompt_vocab}^{self.P}"
+            else:
+                text = "Π prompt_radices = " + " · ".join(map(str, radices))
             raise ValueError(
-                f"the prompt code has {text} = {Kx} values, more than {MAX_PROMPTS}; give "
-                f"prompt_radices (see prompt_radices(task)), use prompt_conditioned=False or "
-                f"a smaller prompt space"
+                f"{text} = {Kx} prompt codes exceeds {MAX_PROMPTS}; give prompt_radices (see "
+                f"prompt_radices(task)), use prompt_conditioned=False or a smaller prompt space"
             )
         Kc = (self.V + 1) ** self.order
         shape = (Kx, self.H if self.positional else 1, Kc, self.V)
@@ -108,10 +137,13 @@ class Tabular(nnx.Module):
         check_shape("prompts", prompts, (None, self.P))
         check_shape("responses", responses, (prompts.shape[0], self.H))
         n, H, k = responses.shape[0], self.H, self.order
-        if self.prompt_conditioned and self.P > 0:
-            # place value of position j: Π_{i>j} r_i (the last position varies fastest)
-            place = np.cumprod((1, *self.prompt_radices[:0:-1]))[::-1]
-            ix = jnp.sum(prompts.astype(jnp.int32) * jnp.asarray(place, jnp.int32), axis=1)
+        x = prompts.astype(jnp.int32)
+        if self.prompt_conditioned and self.class_radices is not None:
+            offset, place = _class_code(self.class_radices, self.P - 1)
+            c = x[:, 0]
+            ix = jnp.asarray(offset)[c] + jnp.sum(x[:, 1:] * jnp.asarray(place)[c], axis=1)
+        elif self.prompt_conditioned and self.P > 0:
+            ix = jnp.sum(x * jnp.asarray(_place_values(self.prompt_radices)), axis=1)
         else:
             ix = jnp.zeros((n,), jnp.int32)
         ih = jnp.arange(H, dtype=jnp.int32) if self.positional else jnp.zeros((H,), jnp.int32)
@@ -145,6 +177,37 @@ class Tabular(nnx.Module):
             self.table[...].shape, *self.contexts(prompts, responses), responses, alpha
         )
         return fitted
+
+
+def _int_tuple(name: str, values) -> tuple[int, ...]:
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise TypeError(f"argument {name} must be a sequence of ints ≥ 1, got {values!r}")
+    return tuple(check_int(f"{name}[{j}]", r, 1) for j, r in enumerate(values))
+
+
+def _place_values(radices: Sequence[int]) -> np.ndarray:
+    """Place value Π_{i>j} r_i of each position j (the last position varies fastest), int32."""
+    if not radices:
+        return np.zeros(0, np.int32)
+    return np.cumprod((1, *radices[:0:-1]))[::-1].astype(np.int32)
+
+
+def _class_code(class_radices, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (K,) = Σ_{c'<c} Π r_c' and place values (K, width) (0 on padding), int32."""
+    sizes = [math.prod(r) for r in class_radices]
+    offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32)
+    place = np.zeros((len(class_radices), width), np.int32)
+    for c, r in enumerate(class_radices):
+        place[c, : len(r)] = _place_values(r)
+    return offset, place
+
+
+def class_radices(task) -> tuple[tuple[int, ...], ...]:
+    """The class code of a Mixture: each component's own prompt radices (`prompt_radices`),
+    so the learner has Σ_c Π_j r_cj prompt codes."""
+    if not isinstance(task, Mixture):
+        raise TypeError(f"argument task must be a Mixture, got {type(task).__name__}")
+    return tuple(prompt_radices(t) for t in task.components)
 
 
 def prompt_radices(task) -> tuple[int, ...]:

@@ -43,10 +43,24 @@ def inverse_cdf(u: Array, cdf: Array) -> Array:
     return jnp.minimum(idx, V - 1)
 
 
+def exact_cdf(p: Array) -> Array:
+    """Cumulative probabilities (..., V) whose last plateau is exactly 1.
+
+    With uniforms u ∈ (0, 1] (`open_uniform`), `inverse_cdf` then never returns a
+    zero-probability token: leading zeros have cdf = 0 < u, and rounding of the total goes to
+    the last positive token instead of to a trailing zero-probability one."""
+    cdf = jnp.cumsum(p, axis=-1)
+    return jnp.where(cdf >= cdf[..., -1:], 1.0, cdf)
+
+
+def open_uniform(key: Array, shape: tuple[int, ...]) -> Array:
+    """Uniforms on (0, 1]: `inverse_cdf` with `exact_cdf` then never picks a zero-mass token."""
+    return 1.0 - jax.random.uniform(key, shape)
+
+
 def sample_categorical(key: Array, log_p: Array) -> Array:
     """One inverse-CDF draw per row of log-probabilities log_p (..., V) -> (...,) int32."""
-    u = jax.random.uniform(key, log_p.shape[:-1])
-    return inverse_cdf(u, jnp.cumsum(jnp.exp(log_p), axis=-1))
+    return inverse_cdf(open_uniform(key, log_p.shape[:-1]), exact_cdf(jnp.exp(log_p)))
 
 
 def gather_tokens(log_p: Array, tokens: Array) -> Array:

@@ -16,20 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from covsim.checks import check_float, check_int
-from covsim.tasks.base import Array, Task
-from covsim.tasks.markov import exact_cdf, open_uniform
+from covsim.checks import check_float, check_int, is_concrete
+from covsim.checks import is_concrete as _is_concrete  # noqa: F401  (graph.py, until moved)
+from covsim.tasks.base import Array, Task, exact_cdf, open_uniform
 
 #: Log-ratio ties within this many nats count as ≥ log N: Prop F.2 sits exactly on the
 #: boundary π_D/π̂ = N, which float64 rounding would otherwise decide at random.
 TIE_ATOL = 1e-9
-
-
-def _is_concrete(x) -> bool:
-    """A user-given value (not a tracer or a placeholder leaf that jax builds on unflatten)."""
-    if isinstance(x, jax.core.Tracer):
-        return False
-    return isinstance(x, int | float | np.integer | np.floating | np.ndarray | jax.Array)
 
 
 class Bernoulli(Task):
@@ -47,10 +40,13 @@ class Bernoulli(Task):
         # jax rebuilds pytrees through __init__ with tracers or placeholders: check only
         # values a user gave, and H (static) always.
         object.__setattr__(self, "H", check_int("H", self.H, 1))
-        if _is_concrete(self.p):
-            if np.ndim(self.p) != 0:
-                raise ValueError(f"argument p must be a scalar, got shape {np.shape(self.p)}")
-            p = check_float("p", float(self.p), 0.0, 1.0)
+        v = self.p
+        if is_concrete(v):
+            if isinstance(v, list | tuple | np.ndarray | jax.Array):
+                if np.ndim(v) != 0:
+                    raise ValueError(f"argument p must be a scalar, got shape {np.shape(v)}")
+                v = np.asarray(v).item()
+            p = check_float("p", v, 0.0, 1.0)
             object.__setattr__(self, "p", jnp.float32(p))
 
     def _log_row(self) -> Array:

@@ -29,29 +29,14 @@ from jax.extend.random import threefry_2x32
 from jax.scipy.special import ndtri
 
 from covsim.checks import check_float, check_int, check_probs, check_shape
-from covsim.tasks.base import Array, Task
+from covsim.tasks.base import Array, Task, exact_cdf, open_uniform
 
 #: Tables with at most this many entries K·Ht·C·V are stored; larger ones are regenerated.
 STORE_MAX = 1 << 22
-#: Largest context count C = (V+1)^k (contexts are int32).
+#: Largest context count C = (V+1)^k and stored table size (indices are int32).
 MAX_CONTEXTS = (1 << 31) - 1
 #: Regenerated rows are numbered by one uint32 counter (h·C + c)·V + v.
 MAX_COUNTER = 1 << 32
-
-
-def exact_cdf(p: Array) -> Array:
-    """Cumulative probabilities (..., V) whose last plateau is exactly 1.
-
-    With uniforms u ∈ (0, 1] (`open_uniform`), `inverse_cdf` then never returns a
-    zero-probability token: leading zeros have cdf = 0 < u, and rounding of the total goes to
-    the last positive token instead of to a trailing zero-probability one."""
-    cdf = jnp.cumsum(p, axis=-1)
-    return jnp.where(cdf >= cdf[..., -1:], 1.0, cdf)
-
-
-def open_uniform(key: Array, shape: tuple[int, ...]) -> Array:
-    """Uniforms on (0, 1]: `inverse_cdf` with `exact_cdf` then never picks a zero-mass token."""
-    return 1.0 - jax.random.uniform(key, shape)
 
 
 def _plogp_entropy(lp: Array) -> Array:
@@ -201,6 +186,8 @@ class MarkovChain(Task):
         if Ht not in (1, H):
             raise ValueError(f"argument T must have T.shape[-3] (Ht) in {{1, H={H}}}, got {Ht}")
         check_probs("T", T, axis=-1)
+        if T.size > MAX_CONTEXTS:  # flat int32 gathers
+            raise ValueError(f"argument T must have at most {MAX_CONTEXTS} entries, got {T.size}")
         with np.errstate(divide="ignore"):
             log_T = jnp.asarray(np.log(T / T.sum(-1, keepdims=True)), jnp.float32)
         return cls(
@@ -213,7 +200,8 @@ class MarkovChain(Task):
     def _z(self, x: Array, h: Array, c: Array) -> Array:
         """(V,) standard normals of row (h, c) of prompt x: one threefry block of the
         counters (x, (h·C + c)·V + v); inverse normal CDF of 23-bit uniforms in (0, 1)."""
-        j = ((h * self.C + c) * self.V + jnp.arange(self.V)).astype(jnp.uint32)
+        h, c = jnp.asarray(h, jnp.uint32), jnp.asarray(c, jnp.uint32)
+        j = (h * self.C + c) * self.V + jnp.arange(self.V, dtype=jnp.uint32)
         xs = jnp.broadcast_to(jnp.asarray(x, jnp.uint32), (self.V,))
         w = threefry_2x32(self.table_key, jnp.concatenate([xs, j]))[: self.V]
         return ndtri(((w >> 9).astype(jnp.float32) + 0.5) * 2.0**-23)
@@ -231,12 +219,18 @@ class MarkovChain(Task):
             return lp
         return jnp.where(self.pivot[h], lp, self._near_deterministic(z))
 
+    def _rows(self, row, x: Array, h: Array, c: Array) -> Array:
+        """row(x, h, c) on broadcast index arrays (...) -> (..., V); one flat vmap (nested
+        vmaps of the threefry block compile about twice as slowly)."""
+        x, h, c = jnp.broadcast_arrays(x, h, c)
+        out = jax.vmap(row)(x.ravel(), h.ravel(), c.ravel())
+        return out.reshape(*x.shape, self.V)
+
     def _grid(self, row, x: Array) -> Array:
-        """row(x, h, c) over prompts x (n,) and every (h, c): (n, Ht, C, ...)."""
+        """row(x, h, c) over prompts x (n,) and every (h, c): (n, Ht, C, V)."""
         h = jnp.arange(self.Ht, dtype=jnp.int32)
         c = jnp.arange(self.C, dtype=jnp.int32)
-        return jax.vmap(jax.vmap(jax.vmap(row, (None, None, 0)), (None, 0, None)),
-                        (0, None, None))(x, h, c)
+        return self._rows(row, x[:, None, None], h[None, :, None], c[None, None, :])
 
     def _prompt_index(self, prompts: Array) -> Array:
         n = prompts.shape[0]
@@ -267,10 +261,10 @@ class MarkovChain(Task):
     # ---- Task API -------------------------------------------------------------------
     def sample(self, key: Array, n: int) -> tuple[Array, Array]:
         """n i.i.d. (x, y): ((n, P), (n, H)) int32; a scan over positions, inverse CDF on
-        uniforms pre-drawn as (H, n) so each step reads one contiguous row."""
+        the n uniforms of step h, drawn from fold_in(key, h) inside the step (2× faster
+        than one (H, n) array at n·H = 2.6e7: the draws stay in cache)."""
         kx, ku = jax.random.split(key)
         x = jax.random.randint(kx, (n,), 0, self.n_prompts, jnp.int32)
-        u = open_uniform(ku, (self.H, n))
         if self.stored:
             def cdf_rows(h, c):
                 tab = self.cdf_T[:, h]  # (K, C, V)
@@ -279,13 +273,14 @@ class MarkovChain(Task):
             def cdf_rows(h, c):
                 return exact_cdf(jnp.exp(jax.vmap(self._row, (0, None, 0))(x, h, c)))
 
-        def step(c, hu):
-            h, uh = hu
-            y = jnp.sum(cdf_rows(h, c) < uh[:, None], axis=-1, dtype=jnp.int32)
+        def step(c, ih):
+            i, h = ih
+            u = open_uniform(jax.random.fold_in(ku, i), (n,))
+            y = jnp.sum(cdf_rows(h, c) < u[:, None], axis=-1, dtype=jnp.int32)
             return self._next_context(c, y), y
 
         c0 = jnp.full((n,), self.C - 1, jnp.int32)
-        _, ys = jax.lax.scan(step, c0, (self._positions(), u))
+        _, ys = jax.lax.scan(step, c0, (jnp.arange(self.H), self._positions()))
         prompts = x[:, None] if self.P else jnp.zeros((n, 0), jnp.int32)
         return prompts, ys.T
 
@@ -295,7 +290,7 @@ class MarkovChain(Task):
         x, h, c = self._prompt_index(prompts), self._positions(), self.contexts(responses)
         if self.stored:
             return self.log_T[x[:, None], h[None, :], c]
-        return jax.vmap(jax.vmap(self._row, (None, 0, 0)), (0, None, 0))(x, h, c)
+        return self._rows(self._row, x[:, None], h[None, :], c)
 
     def token_log_probs(self, prompts: Array, responses: Array) -> Array:
         """(n, H): log π_D(y_h | x, y_{<h}); stored tables gather one entry per token."""
@@ -303,7 +298,9 @@ class MarkovChain(Task):
             return super().token_log_probs(prompts, responses)
         self.check_batch(prompts, responses)
         x, h, c = self._prompt_index(prompts), self._positions(), self.contexts(responses)
-        return self.log_T[x[:, None], h[None, :], c, responses.astype(jnp.int32)]
+        # one flat gather: ~2× faster than four index arrays into (K, Ht, C, V)
+        i = ((x[:, None] * self.Ht + h[None, :]) * self.C + c) * self.V + responses
+        return self.log_T.reshape(-1)[i.astype(jnp.int32)]
 
     def prompt_support(self) -> tuple[Array, Array]:
         """All n_prompts prompts (K, P) with uniform log-weights (K,)."""

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from covsim.checks import check_probs
-from covsim.tasks.base import Array, Task
-from covsim.tasks.bernoulli import _is_concrete
-from covsim.tasks.markov import exact_cdf, open_uniform
+from covsim.checks import check_probs, is_concrete
+from covsim.tasks.base import Array, Task, exact_cdf, open_uniform
 
 
 class Mixture(Task):
@@ -43,7 +42,7 @@ class Mixture(Task):
                     f"components[0], got V={t.V}, H={t.H}"
                 )
         w = self.weights
-        if _is_concrete(w) or isinstance(w, list | tuple):
+        if is_concrete(w) and np.ndim(w) >= 1:  # scalars: placeholders of prefix trees
             w = check_probs("weights", w, atol=1e-6)
             if w.shape != (len(comps),):
                 raise ValueError(f"argument weights must have shape ({len(comps)},) (one per "

@@ -1,0 +1,316 @@
+"""Claim "horizon" (Fig. 2; the mechanism of Prop. 3.2 and Remark 3.1; notes §3.2, §5.3):
+sequence KL grows linearly in H while Cov_N does not depend on H.
+
+Ground truth (experiments/horizon.toml, DESIGN.md "Designing the horizon experiment"): a
+prompt-identified Mixture of three stationary order-1 Markov classes over V = 8 tokens, weights
+(0.94, 0.05, 0.01), the analogue of the paper's G_{H,1}, G_{H,2}, G_{H,3}:
+
+    frequent    one prompt, moderately random rows (temperature 1): learned from ~0.94 n samples
+    rare        4096 sub-prompts, each its own near-deterministic table (temperature 0.001): a
+                test prompt is almost never in the ~0.05 n training sequences, so it is
+                unlearnable; the learner stays uniform there and pays ≈ log V per token
+    stochastic  one prompt, sparse Dirichlet(0.05) rows: random, yet learned from ~0.01 n samples
+
+The learner is well specified: a Tabular order-1 table per (class, sub-prompt), indexed by the
+class code (`covsim.models.tabular.class_radices`), trained with Adam on n fixed samples. Then
+
+    KL     ≈ w_rare · H · (log V − entropy)        linear in H
+    Cov_N  ≈ w_rare · P(test prompt unseen)         H-free, once H_min (log V − entropy) ≫ log N
+
+Runner "train_tabular": the trainer (all seeds vmapped) with that learner, plus each class's
+own KL and Cov_N for the final parameters (summary "per_class"), so the check can confirm the
+design (the rare class's per-token KL must exceed RARE_TOKEN_KL_MIN nats).
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from flax import nnx
+
+from covsim import plots
+from covsim.claims import Claim, Dirs, Verdict, register
+from covsim.config import Config
+from covsim.experiment import build_optimizer, build_task, cell_keys, runner, train_spec
+from covsim.models import log_prob
+from covsim.models.tabular import Tabular, class_radices, prompt_radices
+from covsim.results import RunResult, read_metrics, read_summaries
+from covsim.sweep import Cell
+from covsim.tasks.mixture import Mixture
+from covsim.train import make_train, run_seeds, to_records
+
+NAME = "horizon"
+H_COL = "task.H"
+N_COV = 16  # the paper's Cov_{N=16}
+#: Linear growth: best linear fits to √H, log H and H² on {8, 16, 32, 64} reach R² = 0.982,
+#: 0.920 and 0.962, so R² ≥ 0.99 on the per-H medians separates "∝ H" from them.
+KL_R2_MIN = 0.99
+#: Flatness: the median of S runs has s.d. ≈ 1.2533 σ/√S ≈ 0.64 × the pooled 95% Wilson
+#: half-width; the range of 4 normal draws exceeds 4.4 s.d. w.p. ≈ 1%: 4.4 · 0.64 ≈ 2.8 → 3.
+COV_SPREAD_MULT = 3.0
+#: The rare class must be uncovered at every H: H_min · KL_token ≫ log N (DESIGN.md).
+RARE_TOKEN_KL_MIN = 1.5
+BAND = (1 / 16, 15 / 16)
+
+
+# ---- runner ----------------------------------------------------------------------------------
+
+
+def tabular_model_fn(cfg: Config, task):
+    """key -> Tabular learner for `task` with `[model]`'s parameters and a prompt code that
+    fits the task (class code for a Mixture, per-position radices otherwise)."""
+    if cfg.model.kind != "tabular":
+        raise ValueError(f"model.kind: runner 'train_tabular' needs 'tabular', got "
+                         f"{cfg.model.kind!r}")
+    if isinstance(task, Mixture):
+        code = {"class_radices": class_radices(task)}
+    else:
+        code = {"prompt_radices": prompt_radices(task)}
+    kw = {**cfg.model.params, **code}
+
+    def model_fn(key):
+        return Tabular(task.V, task.H, P=task.P, prompt_vocab=task.prompt_vocab,
+                       rngs=nnx.Rngs(key), **kw)
+
+    try:
+        model_fn(jax.random.key(0))  # validate now, outside any trace
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model: {e}") from None
+    return model_fn
+
+
+def class_log_ratios(trainer, params, task: Mixture, key, m: int) -> jax.Array:
+    """r = log π_D − log π̂ on m fresh samples of each class, for each seed's parameters:
+    params with a leading seed axis S -> (K, S, m). One compiled function serves every class
+    (a class is the mixture with one-hot weights); seeds run one after another (memory)."""
+
+    @jax.jit
+    def one(mix, k):
+        x, y = mix.sample(k, m)
+        lp = mix.log_prob(x, y)
+        return jax.lax.map(lambda p: lp - log_prob(trainer.model(p), x, y), params)
+
+    out = []
+    for c in range(task.K):
+        mix = Mixture(task.components, np.eye(task.K)[c])
+        out.append(one(mix, jax.random.fold_in(key, c)))
+    return jnp.stack(out)
+
+
+@runner("train_tabular")
+def run_train_tabular(cfg: Config, cell: Cell) -> RunResult:
+    """The trainer with a Tabular learner whose prompt code fits the task (see module doc);
+    for a Mixture, the summary also holds each class's final KL and Cov_N per seed."""
+    task = build_task(cfg)
+    spec = train_spec(cfg)
+    trainer = make_train(task, tabular_model_fn(cfg, task), build_optimizer(cfg, task), spec)
+    keys = cell_keys(cell)
+    out = run_seeds(trainer, keys, mode="vmap")
+    records = to_records(out, spec, seeds=cell.seeds)
+    last = jax.tree.map(lambda a: np.asarray(a)[:, -1], out.metrics)
+    dv = np.asarray(out.diverged_step).reshape(-1)
+    summary: dict[str, Any] = {
+        "final": {
+            "kl": last.kl.tolist(),
+            "cov": {N: last.cov[:, i].tolist() for i, N in enumerate(spec.Ns)},
+        },
+        "diverged_steps": dv.tolist(),
+    }
+    if isinstance(task, Mixture):
+        key = jax.random.fold_in(jax.random.key(keys[0]), 0x5EED)
+        r = np.asarray(class_log_ratios(trainer, out.params, task, key, spec.eval_samples))
+        summary["per_class"] = {
+            "weights": np.asarray(task.weights).tolist(),
+            "kl": r.mean(-1).tolist(),  # (K, S) sequence KL of each class
+            "kl_token": (r.mean(-1) / task.H).tolist(),
+            "cov": {N: (r >= math.log(N)).mean(-1).tolist() for N in spec.Ns},
+        }
+    diverged = bool(np.any(dv >= 0))
+    return RunResult(records, summary, diverged=diverged,
+                     diverged_step=int(dv[dv >= 0].min()) if diverged else None)
+
+
+# ---- reading results -------------------------------------------------------------------------
+
+
+def _eval_setup(d: Path) -> tuple[int, float]:
+    """(eval_samples, alpha) of the sweep in `d`, from its resolved config.toml."""
+    cfg = tomllib.loads((d / "config.toml").read_text("utf-8"))
+    return int(cfg["train"]["eval_samples"]), float(cfg["train"].get("alpha", 0.05))
+
+
+def finals(df: pd.DataFrame) -> pd.DataFrame:
+    """The last evaluation of every (H, seed): one row each."""
+    last = df.groupby([H_COL, "seed"])["step"].transform("max")
+    return df[df["step"] == last].sort_values([H_COL, "seed"])
+
+
+def wilson_half_width(p: float, n: float, alpha: float) -> float:
+    """Half-width of the two-sided 1 − alpha Wilson score interval for p from n draws."""
+    z = _z(alpha)
+    d = 1 + z * z / n
+    return z / d * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+
+
+def _z(alpha: float) -> float:
+    """Φ⁻¹(1 − alpha/2) by bisection on erfc (no SciPy needed)."""
+    lo, hi = 0.0, 40.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if math.erfc(mid / math.sqrt(2)) > alpha:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _per_class(d: Path) -> dict[int, dict[str, Any]]:
+    """H -> per-class medians over seeds (kl_token, cov@N_COV), from the summaries."""
+    s = read_summaries(d)
+    s = s[s["status"].isin(["done", "diverged"])]
+    out = {}
+    for _, row in s.iterrows():
+        kt = row.get("per_class.kl_token")
+        cov = row.get("per_class.cov")
+        if not isinstance(kt, list):
+            continue
+        covN = cov.get(N_COV, cov.get(float(N_COV))) if isinstance(cov, dict) else None
+        out[int(row[H_COL])] = {
+            "weights": row["per_class.weights"],
+            "kl_token": [float(np.nanmedian(v)) for v in kt],
+            "cov": None if covN is None else [float(np.nanmedian(v)) for v in covN],
+        }
+    return out
+
+
+# ---- check -----------------------------------------------------------------------------------
+
+
+def check(dirs: Dirs) -> Verdict:
+    d = Path(dirs[NAME])
+    df = read_metrics(d)
+    col = f"cov@{N_COV}"
+    if df.empty or col not in df.columns or H_COL not in df.columns:
+        return Verdict(NAME, False, "no results on disk", "results for every H", note=str(d))
+    status = read_summaries(d)["status"]
+    missing = int((~status.isin(["done", "diverged"])).sum())
+    fin = finals(df)
+    Hs = sorted(int(h) for h in fin[H_COL].unique())
+    kl_med = [float(np.nanmedian(fin.loc[fin[H_COL] == h, "kl"])) for h in Hs]
+    cov_med = [float(np.nanmedian(fin.loc[fin[H_COL] == h, col])) for h in Hs]
+    seeds = [int(fin.loc[fin[H_COL] == h, "kl"].notna().sum()) for h in Hs]
+    slope, icpt, r2 = plots.linear_fit(Hs, kl_med)
+    expo, _, _ = plots.loglog_fit(Hs, kl_med)
+    _, _, r2_sqrt = plots.linear_fit(Hs, np.sqrt(Hs))
+
+    m, alpha = _eval_setup(d)
+    hw = [wilson_half_width(float(np.nanmean(fin.loc[fin[H_COL] == h, col])), s * m, alpha)
+          for h, s in zip(Hs, seeds, strict=True)]
+    tol = COV_SPREAD_MULT * float(np.mean(hw))
+    spread = max(cov_med) - min(cov_med)
+
+    pc = _per_class(d)
+    rare_kl = [max(pc[h]["kl_token"]) for h in Hs if h in pc]
+    rare_ok = len(rare_kl) == len(Hs) and min(rare_kl) >= RARE_TOKEN_KL_MIN
+
+    kl_ok = len(Hs) >= 3 and slope > 0 and r2 >= KL_R2_MIN
+    cov_ok = len(Hs) >= 3 and spread <= tol
+    passed = bool(kl_ok and cov_ok and rare_ok and missing == 0)
+
+    fmt = lambda xs, f: ", ".join(f"{x:{f}}" for x in xs)
+    statistic = (
+        f"final KL = {fmt(kl_med, '.2f')} at H = {fmt(Hs, 'd')}: KL ≈ {slope:.4f}·H "
+        f"{icpt:+.3f} (R² {r2:.4f}, log-log exponent {expo:.2f}); Cov_{N_COV} = "
+        f"{fmt(cov_med, '.4f')} (spread {spread:.4f}); rare-class KL/token "
+        f"{min(rare_kl, default=math.nan):.2f} nats"
+    )
+    threshold = (
+        f"slope > 0 and R² ≥ {KL_R2_MIN} (√H would give {r2_sqrt:.3f}); Cov spread ≤ "
+        f"{COV_SPREAD_MULT:g} × pooled {1 - alpha:.0%} Wilson half-width = {tol:.4f}; "
+        f"rare-class KL/token ≥ {RARE_TOKEN_KL_MIN} nats at every H"
+    )
+    notes = [f"median over {min(seeds)}–{max(seeds)} seeds, {m} eval samples each"]
+    if missing:
+        notes.append(f"{missing} cell(s) without results")
+    if not rare_ok:
+        notes.append("design invalid: the rare class is learnable or its KL too small")
+    numbers = {
+        "H": Hs, "seeds": seeds, "eval_samples": m,
+        "kl_median": kl_med, "kl_slope": slope, "kl_intercept": icpt, "kl_r2": r2,
+        "kl_loglog_exponent": expo, f"cov{N_COV}_median": cov_med,
+        f"cov{N_COV}_spread": spread, f"cov{N_COV}_tolerance": tol,
+        "rare_kl_token": rare_kl,
+        "per_class": {str(h): pc[h] for h in Hs if h in pc},
+    }
+    return Verdict(NAME, passed, statistic, threshold, numbers, "; ".join(notes))
+
+
+# ---- figure ----------------------------------------------------------------------------------
+
+
+def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
+    """Fig. 2 analogue: KL, Cov_16 and KL/Cov_16 against training step, one line per H
+    (median over seeds, band = 1/16–15/16 quantiles)."""
+    d = Path(dirs[NAME])
+    df = read_metrics(d)
+    col = f"cov@{N_COV}"
+    df = df.assign(ratio=df["kl"] / df[col].where(df[col] > 0))
+    fin = finals(df)
+    Hs = sorted(int(h) for h in fin[H_COL].unique())
+    kl_med = [float(np.nanmedian(fin.loc[fin[H_COL] == h, "kl"])) for h in Hs]
+    slope, icpt, r2 = plots.linear_fit(Hs, kl_med)
+    seeds = int(fin.groupby(H_COL)["seed"].nunique().min())
+
+    fig, axs = plt.subplots(1, 3, figsize=(14, 4.2))
+    panels = [
+        ("kl", "sequence KL(π_D ‖ π̂) [nats]", True),
+        (col, f"Cov_{N_COV} (π_D mass with π_D/π̂ ≥ {N_COV})", False),
+        ("ratio", f"KL / Cov_{N_COV} [nats]", True),
+    ]
+    for ax, (y, label, logy) in zip(axs, panels, strict=True):
+        plots.band_plot(ax, df, "step", y, by=H_COL, q=BAND, label_fmt="H = {value}",
+                        logy=logy, marker=".", ms=3)
+        ax.set_xlabel("training step (Adam)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axs[1].set_ylim(0, 1)
+    # the final plateau of Cov_N is what the claim is about: a zoomed inset
+    ins = axs[1].inset_axes([0.38, 0.35, 0.58, 0.55])
+    plots.band_plot(ins, df[df["step"] > 0], "step", col, by=H_COL, q=BAND, marker=".", ms=2)
+    ins.set_xlabel("")
+    ins.set_ylabel("")
+    ins.tick_params(labelsize=7)
+    lo = float(np.nanquantile(fin[col], 0.0))
+    hi = float(np.nanquantile(fin[col], 1.0))
+    pad = max(0.01, hi - lo)
+    ins.set_ylim(max(0.0, lo - pad), hi + pad)
+    ins.set_title("zoom: steps > 0", fontsize=7)
+    ins.grid(alpha=0.3)
+    fit = f"final KL ≈ {slope:.3f}·H {icpt:+.2f} (R² {r2:.3f})"
+    axs[0].plot([], [], " ", label=fit)
+    axs[0].legend(fontsize=7)
+    axs[2].legend(fontsize=7)
+    fig.suptitle(
+        f"Sequence KL grows with H, Cov_{N_COV} does not: mixture (0.94 learnable, 0.05 "
+        f"unlearnable per-prompt rule, 0.01 stochastic); median over {seeds} seeds, band = "
+        f"1/16–15/16 quantiles", fontsize=9,
+    )
+    return [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
+
+
+register(Claim(
+    name=NAME,
+    title="Sequence KL grows linearly in H; Cov_N does not depend on H",
+    paper_ref="Fig. 2; Prop. 3.2, Remark 3.1 (notes §3.2, §5.3)",
+    experiments=(NAME,),
+    check=check,
+    figure=figure,
+))

@@ -1,0 +1,516 @@
+"""The `covsim` command line.
+
+    covsim list                                    claims and experiments
+    covsim run CONFIG [--profile P] [--out DIR] [--set a.b=v ...]
+    covsim sweep CONFIG [--profile P] [--out DIR] [--set ...] [--executor local|process|ray]
+                 [--workers K] [--force]           the grid over [sweep.axes], resumable
+    covsim plot DIR [--out FOLDER]                 figures from a run or sweep directory
+    covsim reproduce CLAIM|--all [--profile P] [--out RUNS] [--figures FOLDER] [--report FILE]
+                 [--executor ...] [--workers K]    run (resume) the claim's sweeps, draw, judge
+    covsim demo [--out DIR] [--set ...]            a one-minute tour (coverage table, KL)
+    covsim -q ...                                  no progress bars
+
+Outputs: runs and sweeps go to runs/<profile>/<experiment name> unless --out (`reproduce`:
+<RUNS>/<profile>/<experiment>, resumed, cells whose config changed redone); figures to
+figures/; `plot` draws the claim's own figure when the directory's experiment is the claim's
+only one, else `covsim.plots.plot_run`. `reproduce` updates REPRODUCTION.md (one row per
+claim; rows of claims not run this time are kept), prints one verdict line per claim on
+stdout and exits 0 whether claims PASS or FAIL; it exits 1 when something broke (a failed
+cell, a check that raised: an "ERROR claim: ..." line) and 2 on a bad config of a single
+CLAIM (with --all, that claim gets an ERROR line and the others run).
+
+Exit codes: 0 fine, 1 an error while running, 2 a bad config or command line (one line on
+stderr naming the field, no traceback).
+
+JAX's persistent compilation cache is switched on (in $COVSIM_CACHE_DIR, default
+~/.cache/covsim/jax) unless JAX_COMPILATION_CACHE_DIR is already set: reruns of an experiment
+skip most of its compile time, which dominates small CPU runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import re
+import sys
+import time
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+
+from covsim.config import Config, ConfigError, load_config, to_toml
+from covsim.results import atomic_write_text
+
+PROFILES = ("quick", "full")
+EXECUTORS = ("local", "process", "ray")
+REPORT = "REPRODUCTION.md"
+FIGURES = "figures"
+RUNS = "runs"
+
+
+class UsageError(ValueError):
+    """A bad command line or input path: one line, exit 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _enable_compile_cache() -> None:
+    """Persistent XLA cache for this process and the processes it spawns (they read the env)."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    root = os.environ.get("COVSIM_CACHE_DIR") or Path.home() / ".cache" / "covsim"
+    cache = Path(root) / "jax"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # read-only home: run without the cache
+    env = {
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
+    }
+    os.environ.update(env)
+    if "jax" in sys.modules:  # already imported (e.g. main() called in-process): set it live
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", env["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def experiments_dir() -> Path:
+    """experiments/ of the working directory, else the one beside the package (a checkout)."""
+    for d in (Path.cwd() / "experiments", Path(__file__).resolve().parents[1] / "experiments"):
+        if d.is_dir():
+            return d
+    return Path.cwd() / "experiments"
+
+
+def _load(path: str | Path, profile: str, overrides: Sequence[str] = ()) -> Config:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"CONFIG: no such file {p}")
+    return load_config(p, profile, list(overrides))
+
+
+def _cell_fn(cfg, cell):
+    """The sweep's cell function: `covsim.experiment.run_cell` once every claim module has
+    registered its runners (also in spawned worker processes, which import only this)."""
+    from covsim.experiment import RUNNERS, run_cell
+
+    if cfg.experiment.runner not in RUNNERS:
+        import covsim.claims  # noqa: F401  (claim modules register their @runner functions)
+
+    return run_cell(cfg, cell)
+
+
+def _preflight(cfg: Config) -> None:
+    """Build the first cell's task, learner and optimizer for the trainer runner, so that a
+    bad [task]/[model]/[optim] parameter is a one-line config error before anything runs."""
+    if cfg.experiment.runner != "train":
+        return  # custom runners validate their own sections
+    from covsim.experiment import build_model_fn, build_optimizer, build_task
+    from covsim.sweep import cell_config, expand_grid
+
+    cell = expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds)[0]
+    c = cell_config(cfg, cell)
+    section = "task"
+    try:
+        task = build_task(c)
+        section = "model"
+        build_model_fn(c, task)
+        section = "optim"
+        build_optimizer(c, task)
+    except (ValueError, TypeError) as e:
+        msg = " ".join(str(e).split())
+        named = msg.startswith((f"{section}.", f"{section}:"))
+        raise ConfigError(msg if named else f"{section}: {msg}") from None
+
+
+def _default_out(cfg: Config, profile: str) -> Path:
+    return Path(RUNS) / profile / cfg.experiment.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_list(args) -> int:
+    from covsim.claims import CLAIMS
+
+    print("claims:")
+    width = max((len(n) for n in CLAIMS), default=0)
+    for name, c in sorted(CLAIMS.items()):
+        exps = ", ".join(c.experiments)
+        print(f"  {name:<{width}}  {c.title}  [{c.paper_ref}]  experiments: {exps}")
+    d = experiments_dir()
+    print(f"experiments ({d}):")
+    files = sorted(d.glob("*.toml")) if d.is_dir() else []
+    width = max((len(f.stem) for f in files), default=0)
+    for f in files:
+        try:
+            raw = tomllib.loads(f.read_text("utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            print(f"  {f.stem:<{width}}  (unreadable: {' '.join(str(e).split())})")
+            continue
+        exp = raw.get("experiment", {})
+        profiles = ",".join(raw.get("profile", {})) or "-"
+        desc = exp.get("description", "")
+        print(
+            f"  {f.stem:<{width}}  claim: {exp.get('claim') or '-'}  profiles: {profiles}  {desc}"
+        )
+    missing = sorted({e for c in CLAIMS.values() for e in c.experiments} - {f.stem for f in files})
+    if missing:
+        print(f"missing experiment files for claims: {', '.join(missing)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from covsim.results import write_run
+    from covsim.sweep import cell_config, expand_grid
+
+    cfg = _load(args.config, args.profile, args.set)
+    if cfg.sweep.axes:
+        raise ConfigError(
+            f"sweep.axes: `covsim run` runs one point but this config sweeps "
+            f"{', '.join(cfg.sweep.axes)}; use `covsim sweep`, or --set 'sweep.axes={{}}'"
+        )
+    _preflight(cfg)
+    out = Path(args.out) if args.out else _default_out(cfg, args.profile)
+    # One run: every seed in one cell, as sweep.vmap_seeds = true does.
+    [cell] = expand_grid({}, cfg.sweep.seeds, vmap_seeds=True)
+    t0 = time.perf_counter()
+    result = _cell_fn(cell_config(cfg, cell), cell)
+    write_run(out, cell_config(cfg, cell), result)
+    tag = f"diverged at step {result.diverged_step}" if result.diverged else "done"
+    print(f"{cfg.experiment.name}: {tag} in {time.perf_counter() - t0:.1f} s -> {out}")
+    return 0
+
+
+def _sweep(cfg: Config, out: Path, *, executor="local", workers=1, force=False, progress=True):
+    """Run (or resume) a sweep; return (manifest, list of failed-cell lines)."""
+    from covsim.sweep import run_sweep
+
+    manifest = run_sweep(
+        cfg, _cell_fn, out, executor=executor, workers=workers, progress=progress, force=force
+    )
+    failed = [f"{c['id']}: {c['error']}" for c in manifest["cells"] if c["status"] == "failed"]
+    return manifest, failed
+
+
+def cmd_sweep(args) -> int:
+    cfg = _load(args.config, args.profile, args.set)
+    _preflight(cfg)
+    out = Path(args.out) if args.out else _default_out(cfg, args.profile)
+    t0 = time.perf_counter()
+    manifest, failed = _sweep(
+        cfg,
+        out,
+        executor=args.executor,
+        workers=args.workers,
+        force=args.force,
+        progress=not args.quiet,
+    )
+    cells = manifest["cells"]
+    counts = {s: sum(c["status"] == s for c in cells) for s in ("done", "diverged", "failed")}
+    print(
+        f"{cfg.experiment.name}: {len(cells)} cells ({counts['done']} done, "
+        f"{counts['diverged']} diverged, {counts['failed']} failed) in "
+        f"{time.perf_counter() - t0:.1f} s -> {out}"
+    )
+    for line in failed:
+        print(f"failed cell {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_plot(args) -> int:
+    from covsim import plots
+    from covsim.claims import CLAIMS
+
+    d = Path(args.dir)
+    if not (d / "config.toml").is_file():
+        raise UsageError(f"DIR: {d} is not a run or sweep directory (no config.toml)")
+    exp = tomllib.loads((d / "config.toml").read_text("utf-8")).get("experiment", {})
+    claim = CLAIMS.get(exp.get("claim", ""))
+    out = Path(args.out)
+    if claim is not None and tuple(claim.experiments) == (exp.get("name"),):
+        files = claim.figure({exp["name"]: d}, out)
+    else:
+        files = plots.plot_run(d, out)
+    for f in files:
+        print(f)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from covsim.claims import CLAIMS
+
+    if args.all == bool(args.claim):
+        raise UsageError("reproduce: give one CLAIM or --all")
+    names = list(CLAIMS) if args.all else [args.claim]
+    if args.claim and args.claim not in CLAIMS:
+        raise UsageError(f"CLAIM: unknown claim {args.claim!r}; allowed: {', '.join(CLAIMS)}")
+    exp_dir = experiments_dir()
+    cfgs: dict[str, Config | Exception] = {}  # validate every experiment before running any
+    for name in names:
+        for e in CLAIMS[name].experiments:
+            if e not in cfgs:
+                try:
+                    cfgs[e] = _load(exp_dir / f"{e}.toml", args.profile)
+                    _preflight(cfgs[e])
+                except (ConfigError, UsageError) as err:
+                    if not args.all:
+                        raise
+                    cfgs[e] = err  # --all: that claim reports an error, the others run
+    rows, errors = {}, 0
+    for name in names:
+        claim = CLAIMS[name]
+        t0 = time.perf_counter()
+        try:
+            bad = [cfgs[e] for e in claim.experiments if isinstance(cfgs[e], Exception)]
+            if bad:
+                raise bad[0]
+            dirs = {}
+            for e in claim.experiments:
+                dirs[e] = Path(args.out) / args.profile / e
+                _, failed = _sweep(
+                    cfgs[e],
+                    dirs[e],
+                    executor=args.executor,
+                    workers=args.workers,
+                    force=True,
+                    progress=not args.quiet,
+                )
+                if failed:
+                    raise RuntimeError(f"{len(failed)} failed cell(s) in {e}: {failed[0]}")
+            figs = claim.figure(dirs, Path(args.figures))
+            verdict = claim.check(dirs)
+        except Exception as err:  # one claim's failure must not stop the others
+            errors += 1
+            msg = " ".join(f"{type(err).__name__}: {err}".split())
+            print(f"ERROR {name}: {msg}", flush=True)
+            continue
+        secs = time.perf_counter() - t0
+        print(f"{verdict.line()} [{args.profile}, {secs:.0f} s]", flush=True)
+        rows[name] = _report_row(claim, verdict, figs, args)
+    if rows:
+        update_report(Path(args.report), rows)
+    return 1 if errors else 0
+
+
+def cmd_demo(args) -> int:
+    """Train a tabular learner on a random Markov chain (3 seeds) and print, per checkpoint,
+    the sequence KL and the coverage profile Cov_N (median over seeds)."""
+    import tempfile
+
+    from covsim.results import read_metrics
+    from covsim.sweep import run_sweep
+
+    spec = {
+        "experiment": {"name": "demo", "description": "covsim demo"},
+        "task": {"kind": "markov", "V": 8, "H": 12, "temperature": 0.5},
+        "model": {"kind": "tabular", "init": "random", "init_scale": 2.0},
+        "optim": {"name": "adam", "lr": 0.05},
+        "train": {
+            "steps": 300,
+            "batch_size": 32,
+            "n_train": 512,
+            "eval_every": 30,
+            "eval_samples": 4096,
+            "Ns": [2, 4, 16, 64, 256, 1024],
+        },
+        "sweep": {"seeds": 3, "vmap_seeds": True},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "demo.toml"
+        path.write_text(to_toml(spec), "utf-8")
+        cfg = load_config(path, None, args.set)
+    out = Path(args.out)
+    print(
+        f"demo: tabular learner (Adam) on a random Markov chain, V={cfg.task.params['V']}, "
+        f"H={cfg.task.H}, n={cfg.train.n_train}, {len(cfg.sweep.seeds)} seeds -> {out}",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    run_sweep(cfg, _cell_fn, out, progress=not args.quiet, force=True)
+    df = read_metrics(out)
+    Ns = list(cfg.train.Ns)
+    cols = ["kl", "ce"] + [f"cov@{_n(N)}" for N in Ns]
+    med = df.groupby("step")[cols].median()
+    head = f"{'step':>6} {'KL':>8} {'CE':>8} " + " ".join(f"{'Cov_' + _n(N):>9}" for N in Ns)
+    print(
+        "Cov_N = π_D-mass of responses the model under-weights by a factor ≥ N; KL, CE in nats "
+        f"(median over seeds, {cfg.train.eval_samples} evaluation samples per checkpoint):"
+    )
+    print(head)
+    for step, r in med.iterrows():
+        covs = " ".join(f"{r[f'cov@{_n(N)}']:>9.4f}" for N in Ns)
+        print(f"{step:>6} {r['kl']:>8.3f} {r['ce']:>8.3f} {covs}")
+    last = med.iloc[-1]
+    print(
+        f"KL fell {med['kl'].iloc[0] / last['kl']:.0f}-fold; Prop. 3.1 caps Cov_16 at "
+        f"KL/(log 16 − 1 + 1/16) = {last['kl'] / (math.log(16) - 1 + 1 / 16):.3f}, measured "
+        f"{last['cov@16']:.4f}. ({time.perf_counter() - t0:.0f} s)"
+    )
+    return 0
+
+
+def _n(N: float) -> str:
+    return str(int(N)) if float(N).is_integer() else repr(float(N))
+
+
+# ---------------------------------------------------------------------------------------------
+# REPRODUCTION.md
+
+REPORT_HEAD = """# Reproduction
+
+Every claim of the paper that covsim checks, with the command that reproduces it, its figure,
+what was measured and the verdict. Generated by `covsim reproduce` (rows of claims not run in
+the latest call are kept from before); numbers come from the result files under `runs/`.
+
+| claim | paper reference | command | figure | what we measured | verdict |
+|---|---|---|---|---|---|
+"""
+
+_ROW = re.compile(r"^\|\s*`?([A-Za-z0-9_.-]+)`?\s*\|")
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _report_row(claim, verdict, figs, args) -> str:
+    report_dir = Path(args.report).resolve().parent
+    links = []
+    for f in figs:
+        f = Path(f).resolve()
+        rel = os.path.relpath(f, report_dir)
+        links.append(f"[{f.name}]({rel})")
+    note = f" ({verdict.note})" if verdict.note else ""
+    tag = "**PASS**" if verdict.passed else "**FAIL**"
+    date = dt.date.today().isoformat()
+    cells = [
+        f"`{claim.name}`",
+        _cell(f"{claim.paper_ref}: {claim.title}"),
+        f"`covsim reproduce {claim.name} --profile {args.profile}`",
+        "<br>".join(links) or "—",
+        _cell(verdict.statistic + note),
+        f"{tag} ({args.profile} profile, {date}); threshold: " + _cell(verdict.threshold),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def read_report_rows(path: Path) -> dict[str, str]:
+    """The table rows of an existing REPRODUCTION.md, by claim name (first cell)."""
+    rows: dict[str, str] = {}
+    if not path.is_file():
+        return rows
+    for line in path.read_text("utf-8").splitlines():
+        m = _ROW.match(line)
+        if m and m.group(1) not in ("claim", "---"):
+            rows[m.group(1)] = line
+    return rows
+
+
+def update_report(path: Path, new_rows: dict[str, str]) -> None:
+    """Rewrite the report atomically: the new rows replace those of the same claims, the
+    others are kept; rows sorted by claim name."""
+    rows = read_report_rows(path) | new_rows
+    text = REPORT_HEAD + "".join(rows[k] + "\n" for k in sorted(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="covsim", description="Simulate the coverage principle (arXiv 2510.15020)."
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp, out_help: str):
+        sp.add_argument("config", metavar="CONFIG", help="experiment TOML (experiments/*.toml)")
+        sp.add_argument("--profile", choices=PROFILES, default="quick")
+        sp.add_argument("--out", metavar="DIR", help=out_help)
+        sp.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="PATH=VALUE",
+            help="override a config value, e.g. --set train.steps=200 (repeatable)",
+        )
+
+    sp = sub.add_parser("list", help="list claims and experiments")
+    sp.set_defaults(fn=cmd_list)
+
+    sp = sub.add_parser("run", help="train one config (all its seeds) into a run directory")
+    common(sp, "run directory (default runs/<profile>/<experiment name>)")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("sweep", help="run the grid over [sweep.axes]; resumes finished cells")
+    common(sp, "sweep directory (default runs/<profile>/<experiment name>)")
+    sp.add_argument("--executor", choices=EXECUTORS, default="local")
+    sp.add_argument("--workers", type=_positive, default=1, metavar="K")
+    sp.add_argument(
+        "--force",
+        action="store_true",
+        help="reuse a directory holding another version of the sweep (redo changed cells)",
+    )
+    sp.set_defaults(fn=cmd_sweep)
+
+    sp = sub.add_parser("plot", help="draw the figures of a run or sweep directory")
+    sp.add_argument("dir", metavar="DIR")
+    sp.add_argument("--out", default=FIGURES, metavar="FOLDER", help="default figures/")
+    sp.set_defaults(fn=cmd_plot)
+
+    sp = sub.add_parser("reproduce", help="run a claim's experiments, draw, print the verdict")
+    sp.add_argument("claim", nargs="?", metavar="CLAIM")
+    sp.add_argument("--all", action="store_true", help="every registered claim")
+    sp.add_argument("--profile", choices=PROFILES, default="quick")
+    sp.add_argument("--out", default=RUNS, metavar="DIR", help="runs root (default runs/)")
+    sp.add_argument("--figures", default=FIGURES, metavar="FOLDER", help="default figures/")
+    sp.add_argument("--report", default=REPORT, metavar="FILE", help="default REPRODUCTION.md")
+    sp.add_argument("--executor", choices=EXECUTORS, default="local")
+    sp.add_argument("--workers", type=_positive, default=1, metavar="K")
+    sp.set_defaults(fn=cmd_reproduce)
+
+    sp = sub.add_parser("demo", help="one-minute demo: coverage profile and KL over training")
+    sp.add_argument("--out", default=f"{RUNS}/demo", metavar="DIR")
+    sp.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    sp.set_defaults(fn=cmd_demo)
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1, got {v}")
+    return v
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _enable_compile_cache()
+    from covsim.sweep import SweepError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, UsageError, SweepError) as e:
+        msg = " ".join(str(e).split())
+        if isinstance(e, SweepError):  # the library's keyword is this command's flag
+            msg = msg.replace("force=True", "--force")
+        print(msg, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

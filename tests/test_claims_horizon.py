@@ -1,0 +1,240 @@
+"""Claim horizon: the check on synthetic sweeps (PASS and each way to FAIL), the figure, the
+Wilson half-width, the runner's per-class scores on a tiny mixture, and (slow) the quick
+profile end to end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from covsim.claims import CLAIMS
+from covsim.claims import horizon as hz
+from covsim.config import load_config
+from covsim.results import RunResult, read_summaries
+from covsim.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TOML = ROOT / "experiments" / "horizon.toml"
+STEPS = (0, 20, 40, 200)
+M = 4096  # eval_samples of the quick profile (the check reads it from config.toml)
+
+
+def _cell_fn(kl_of_H, cov_of_H, rare_kl_token=2.0, seeds=8):
+    """A sweep cell function writing synthetic training curves: final KL = kl_of_H(H) and
+    Cov_16 = cov_of_H(H), each with seed noise of the size a real run has (Cov: the binomial
+    s.d. of M eval samples; KL: 3%), plus the runner's per-class summary."""
+
+    def fn(cfg, cell):
+        H = cfg.task.H
+        rng = np.random.default_rng(H)
+        recs, kls, covs = [], [], []
+        for s in range(seeds):
+            p = cov_of_H(H)
+            kl = kl_of_H(H) * (1 + 0.03 * rng.standard_normal())
+            cov = rng.binomial(M, p) / M
+            kls.append(kl)
+            covs.append(cov)
+            for step in STEPS:
+                decay = math.exp(-step / 20)
+                c = cov + (1 - cov) * decay
+                recs.append({"seed": s, "step": step, "kl": kl + 5 * H * decay,
+                             "cov": {16: c}, "cov_lo": {16: c}, "cov_hi": {16: c}})
+        per_class = {
+            "weights": [0.94, 0.05, 0.01],
+            "kl": [[0.02] * seeds, [rare_kl_token * H] * seeds, [0.5] * seeds],
+            "kl_token": [[0.02 / H] * seeds, [rare_kl_token] * seeds, [0.5 / H] * seeds],
+            "cov": {16: [[0.0] * seeds, [0.98] * seeds, [0.05] * seeds]},
+        }
+        return RunResult(recs, {"final": {"kl": kls}, "per_class": per_class})
+
+    return fn
+
+
+def _sweep(tmp_path, **kw):
+    out = tmp_path / "horizon"
+    cfg = load_config(TOML, "quick", [f"train.eval_samples={M}"])
+    manifest = run_sweep(cfg, _cell_fn(**kw), out, progress=False)
+    assert all(c["status"] == "done" for c in manifest["cells"])
+    return {"horizon": out}
+
+
+def _linear(H):
+    return 0.1 * H + 0.03
+
+
+def _flat(H):
+    return 0.05
+
+
+def test_registered():
+    c = CLAIMS["horizon"]
+    assert c.experiments == ("horizon",) and TOML.is_file()
+
+
+def test_check_passes_on_linear_kl_and_flat_coverage(tmp_path):
+    v = hz.check(_sweep(tmp_path, kl_of_H=_linear, cov_of_H=_flat))
+    assert v.passed, v.line()
+    assert v.numbers["kl_slope"] == pytest.approx(0.1, rel=0.05)
+    assert v.numbers["kl_r2"] >= hz.KL_R2_MIN
+    assert v.numbers["cov16_spread"] <= v.numbers["cov16_tolerance"]
+    assert v.numbers["rare_kl_token"] == [2.0] * 4
+
+
+@pytest.mark.parametrize(
+    "kw, why",
+    [
+        ({"kl_of_H": lambda H: 0.8, "cov_of_H": _flat}, "KL flat in H"),
+        ({"kl_of_H": lambda H: 0.3 * math.sqrt(H), "cov_of_H": _flat}, "KL ∝ √H, not ∝ H"),
+        ({"kl_of_H": _linear, "cov_of_H": lambda H: 0.04 + 0.0004 * H}, "Cov grows with H"),
+        ({"kl_of_H": _linear, "cov_of_H": _flat, "rare_kl_token": 0.3}, "rare class learnable"),
+    ],
+)
+def test_check_fails(tmp_path, kw, why):
+    v = hz.check(_sweep(tmp_path, **kw))
+    assert not v.passed, why
+
+
+def test_check_fails_without_results(tmp_path):
+    cfg = load_config(TOML, "quick")
+
+    def broken(cfg, cell):
+        raise RuntimeError("boom")
+
+    run_sweep(cfg, broken, tmp_path / "h", progress=False)
+    assert not hz.check({"horizon": tmp_path / "h"}).passed
+
+
+def test_figure(tmp_path):
+    dirs = _sweep(tmp_path, kl_of_H=_linear, cov_of_H=_flat)
+    files = hz.figure(dirs, tmp_path / "fig")
+    assert [f.name for f in files] == ["horizon.png"] and files[0].stat().st_size > 10_000
+
+
+def test_wilson_half_width():
+    """Against the closed form at z = 1.959964 (alpha = 0.05), and z(0.05) itself."""
+    assert hz._z(0.05) == pytest.approx(1.959964, abs=1e-6)
+    p, n, z = 0.05, 4096, 1.959964
+    d = 1 + z * z / n
+    want = z / d * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert hz.wilson_half_width(p, n, 0.05) == pytest.approx(want, rel=1e-6)
+
+
+TINY = """
+[experiment]
+name = "tiny_mixture"
+runner = "train_tabular"
+
+[task]
+kind = "mixture"
+H = 3
+weights = [0.5, 0.5]
+components = [
+    { kind = "markov", V = 3, temperature = 1.0 },
+    { kind = "markov", V = 3, temperature = 0.001, n_prompts = 4096 },
+]
+
+[model]
+kind = "tabular"
+
+[optim]
+name = "adam"
+lr = 0.1
+
+[train]
+steps = 20
+batch_size = 16
+n_train = 32
+eval_every = 10
+eval_samples = 512
+Ns = [2]
+
+[sweep]
+seeds = 2
+vmap_seeds = true
+"""
+
+
+def test_runner_per_class_scores(tmp_path):
+    """32 training sequences meet at most 16 of the rare class's 4096 near-deterministic
+    prompts (≤ 0.4% of its mass); a zero-initialised table stays uniform on unseen prompts,
+    so there the per-token KL is log 3 − (row entropy ≈ 0) and r ≈ 3 log 3 ≫ log 2 (never
+    covered at N = 2). Of 512 eval samples, the number on seen prompts is ≤ Poisson(2.05),
+    ≥ 9 with probability < 3e-4: so KL/token ≥ (1 − 9/512) log 3 − 0.01 and Cov_2 ≥ 1 − 9/512."""
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY)
+    from covsim.experiment import run_cell
+
+    out = tmp_path / "out"
+    run_sweep(load_config(p, None), run_cell, out, progress=False)
+    s = read_summaries(out)
+    assert list(s["status"]) == ["done"]
+    pc = s["per_class.kl_token"][0]
+    assert np.shape(pc) == (2, 2)
+    assert np.all(np.asarray(pc[1]) >= (1 - 9 / 512) * math.log(3) - 0.01)
+    assert np.all(np.asarray(pc[1]) <= math.log(3) + 1e-4)
+    cov = s["per_class.cov"][0][2]
+    assert np.all(np.asarray(cov[1]) >= 1 - 9 / 512)
+    assert s["per_class.weights"][0] == [0.5, 0.5]
+
+
+def test_model_fn_refuses_other_learners(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY.replace('kind = "tabular"', 'kind = "transformer"'))
+    from covsim.experiment import build_task
+
+    cfg = load_config(p, None)
+    with pytest.raises(ValueError, match="model.kind"):
+        hz.tabular_model_fn(cfg, build_task(cfg))
+
+
+def test_class_log_ratios_layout():
+    """With a uniform learner, r = log π_D(y|x) + H log V on every class: the rare class
+    (near-deterministic rows) gives r ≈ H log V, the other H log V − its entropy ≤ H log V."""
+    from flax import nnx
+
+    from covsim.models.tabular import Tabular, class_radices
+    from covsim.tasks.markov import MarkovChain
+    from covsim.tasks.mixture import Mixture
+
+    comps = (MarkovChain.random(jax.random.key(1), V=3, H=3, temperature=1.0),
+             MarkovChain.random(jax.random.key(2), V=3, H=3, temperature=0.001, n_prompts=64))
+    task = Mixture(comps, (0.5, 0.5))
+
+    model = Tabular(3, 3, P=task.P, prompt_vocab=task.prompt_vocab,
+                    class_radices=class_radices(task), rngs=nnx.Rngs(0))
+    graphdef, p0, rest = nnx.split(model, nnx.Param, ...)
+
+    class Plumbing:  # the part of the trainer that class_log_ratios uses
+        def model(self, p):
+            return nnx.merge(graphdef, p, rest)
+
+    t = Plumbing()
+    params = jax.tree.map(lambda a: jnp.stack([a, a]), p0)  # two "seeds"
+    r = np.asarray(hz.class_log_ratios(t, params, task, jax.random.key(0), 256))
+    assert r.shape == (2, 2, 256)
+    # log_softmax(z / 0.001) subtracts numbers ≈ |z|/T ≤ 5000 whose float32 ulp is 4.9e-4:
+    # each of the 3 token log-probs of π_D is exact to that, so |error| ≤ 1.5e-3
+    top, tol = 3 * math.log(3), 1.5e-3
+    assert np.all(r <= top + tol)
+    # T = 0.001 rows are deterministic up to rare near-ties (top-2 logit gap ≲ 0.005):
+    # r = top for most samples, and its mean is within the sequence entropy (< 0.05) of top
+    assert np.median(r[1]) == pytest.approx(top, abs=tol)
+    assert r[1].mean() > top - 0.05
+    assert r[0].mean() < top - 0.3  # temperature-1 rows have entropy well above 0.1 nats
+
+
+@pytest.mark.slow
+def test_quick_profile_end_to_end(tmp_path):
+    from covsim.experiment import run_cell
+
+    out = tmp_path / "horizon"
+    run_sweep(load_config(TOML, "quick"), run_cell, out, progress=False)
+    dirs = {"horizon": out}
+    v = CLAIMS["horizon"].check(dirs)
+    assert v.passed, v.line()
+    assert all(f.is_file() for f in CLAIMS["horizon"].figure(dirs, tmp_path / "fig"))
