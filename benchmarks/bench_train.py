@@ -130,6 +130,34 @@ def bench_linear(args) -> None:
           f"baseline {np.median(kb):.4f}")
 
 
+def bench_seed_modes(args) -> None:
+    """vmap over seeds vs a loop over seeds with the same compiled run (compile excluded):
+    which pays depends on whether a step's arrays stay in cache (DESIGN.md numerics)."""
+    seeds = list(range(args.seeds))
+    spec = TrainSpec(steps=args.steps, batch_size=32, n_train=1024,
+                     eval_every=args.steps // 5, eval_samples=4096, Ns=(2.0, 16.0))
+    for H in (8, 64):
+        task = task_for(H)
+        tr = make_train(task, lambda k, t=task: LogLinear(t, rngs=nnx.Rngs(k)),
+                        optax.adam(0.05), spec)
+        keys = jnp.stack([jax.random.key(s) for s in seeds])
+        fv, fl = jax.jit(jax.vmap(tr)), jax.jit(tr)
+        jax.block_until_ready(fv(keys))
+        jax.block_until_ready(fl(keys[0]))
+        tv, tl = [], []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fv(keys))
+            tv.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for k in keys:
+                jax.block_until_ready(fl(k))
+            tl.append(time.perf_counter() - t0)
+        v, lo = statistics.median(tv), statistics.median(tl)
+        print(f"seed modes, AR-linear H={H}, {len(seeds)} seeds: vmap {v:.2f} s, loop {lo:.2f} s, "
+              f"vmap speed-up {lo / v:.2f}x (compile excluded)")
+
+
 def bench_transformer(args) -> None:
     task = MarkovChain.random(jax.random.key(0), V=16, H=64, order=1)
     cfg = dict(layers=4, heads=4, width=256)
@@ -160,9 +188,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--transformer", action="store_true", help="also report transformer GFLOP/s")
     p.add_argument("--skip-linear", action="store_true")
+    p.add_argument("--seed-modes", action="store_true", help="also compare vmap vs loop")
     args = p.parse_args()
     if not args.skip_linear:
         bench_linear(args)
+    if args.seed_modes:
+        bench_seed_modes(args)
     if args.transformer:
         bench_transformer(args)
 

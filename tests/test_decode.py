@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
-from flax import struct
+from flax import nnx, struct
 from scipy import stats
 
 from covsim import decode

@@ -72,7 +72,7 @@ def with_weights(task, w):
 # ---- the reference ----------------------------------------------------------------------
 def ref_graph(prompt, m: int, L: int) -> dict:
     """Parse one prompt (tokens) literally and rebuild the layered DAG by BFS from s."""
-    toks = [int(v) for v in prompt if v != m + 3]  # drop PAD
+    toks = [v for v in np.asarray(prompt).tolist() if v != m + 3]  # drop PAD
     assert toks[-4:-3] == [m + 1] and toks[-1] == m + 2, "prompt must end in '/ s t ='"
     s, t, body = toks[-3], toks[-2], toks[:-4]
     assert len(body) % 3 == 2 and all(sep == m for sep in body[2::3]), "bad edge separators"
@@ -142,7 +142,7 @@ def sample_refs(task, key, n=NB):
 
 
 def path_of(task, y) -> tuple[int, ...]:
-    return tuple(int(v) for v in np.asarray(y)[list(task.first_pos)])
+    return tuple(np.asarray(y)[list(task.first_pos)].tolist())
 
 
 def respond(task, paths) -> np.ndarray:
@@ -230,6 +230,9 @@ def test_uniform_class_samples_the_16_paths_uniformly():
     obs = np.bincount(codes, minlength=16)
     p = stats.chisquare(obs).pvalue
     assert p >= ALPHA, (obs.tolist(), p)
+    # the 4·NB choices are i.i.d. fair coins: a pooled test, more powerful against a bias
+    ones = sum(bin(c).count("1") for c in codes)
+    assert stats.binomtest(ones, 4 * NB, 0.5).pvalue >= ALPHA, ones / (4 * NB)
 
 
 def test_graph_law_is_uniform_and_counts_are_exact():
@@ -314,6 +317,32 @@ def test_sampling_is_a_pure_function_of_the_key():
         assert np.array_equal(x, x2) and np.array_equal(y, y2) and not np.array_equal(x, x3)
 
 
+def test_a_class_on_its_own():
+    """GraphClass's own Task API (the mixtures above call the same graph-level code)."""
+    c = FIG1.components[2]  # G₃: uniform over the 4 valid paths, "edges" responses
+
+    @jax.jit
+    def run(c, key):
+        x, y = c.sample(key, 512)
+        return (x, y, c.log_prob(x, y), c.reward(x, y), c.good_set(x),
+                c.next_token_log_probs(x, y), c.token_log_probs(x, y))
+
+    x, y, lp, r, (gs, mask), nt, tok = jax.tree.map(np.asarray, run(c, jax.random.key(17)))
+    assert x.shape == (512, c.P) and c.P == FIG1.P and y.shape == (512, c.H)
+    np.testing.assert_allclose(lp, math.log(1 / 4), atol=ATOL)
+    assert np.all(r == 1.0) and np.all(mask.sum(1) == 4)
+    np.testing.assert_allclose(np.exp(nt.astype(np.float64)).sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.take_along_axis(nt, y[..., None], -1)[..., 0], tok)
+    for xi, yi, g, M in zip(x, y, gs, mask, strict=True):
+        G = ref_graph(xi, c.m, c.L)
+        check_structure(G, c, 2, mixed=True)
+        valid = ref_valid_paths(G, c.L)
+        assert path_of(c, yi) in valid and {path_of(c, v) for v in g[M]} == valid
+    with pytest.raises(ValueError, match="argument key"):
+        c.rule_paths(Graph(*(np.zeros(1, np.int32),) * 2, np.zeros((1, 4, 4), np.int32),
+                           np.ones((1, 4, 4), bool)))
+
+
 # ---- exact scores -------------------------------------------------------------------------
 @pytest.mark.parametrize("task", [FIG2, FIG1], ids=["fig2-L8", "fig1-L4-edges"])
 def test_probabilities_sum_to_one_over_paths_and_chain_rule(task):
@@ -358,7 +387,9 @@ def rng_pick(G, i, k) -> int:
 
 # ---- verifier and good set ----------------------------------------------------------------
 @pytest.mark.parametrize("task, c", [(FIG2, 0), (FIG2, 1), (FIG2, 2), (FIG2, None),
-                                     (FIG1, 0), (FIG1, 1), (FIG1, 2), (FIG1, None)])
+                                     (FIG1, 0), (FIG1, 1), (FIG1, 2), (FIG1, None)],
+                         ids=["fig2-G1", "fig2-G2", "fig2-G3", "fig2-mixture",
+                              "fig1-G1", "fig1-G2", "fig1-G3", "fig1-pretrain"])
 def test_verifier_and_good_set(task, c):
     """A class alone accepts exactly its path (deterministic) or the valid paths (uniform);
     a mixture accepts what some class with P(c | x) > 0 accepts. Candidates: every valid path
@@ -447,6 +478,35 @@ def test_paper_sizes():
     assert all(c.P == t.P for c in t.components)
     t = figure1_finetune_task(response="edges")
     assert (t.H, t.P, t.components[0].n_feature) == (18, 3 * 41 + 3, 17)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [lambda: figure2_task(24),
+                                  lambda: figure2_task(16, response="edges"),
+                                  lambda: figure1_pretrain_task(response="edges")],
+                         ids=["fig2-H24", "fig2-H16-edges", "fig1-pretrain"])
+def test_paper_scale_tasks(make):
+    """The paper's sizes (m = 100): structure, π_D's support and exact scores on 512 draws."""
+    task = make()
+    x, y = (np.asarray(a) for a in jit_sample(task, jax.random.key(30), 512))
+    lp, r, (gs, mask), (paths, pmask), *_ = jax.tree.map(
+        np.asarray, _eval(task, jnp.asarray(x), jnp.asarray(y)))
+    assert np.all(np.isfinite(lp)) and np.all(lp <= 0) and np.all(r == 1.0)
+    for xi, yi, P, M in zip(x, y, paths, pmask, strict=True):
+        G = ref_graph(xi, task.m, task.L)
+        B = sum(len(P) == 2 for P in G["passable"])
+        check_structure(G, task, B, mixed=False)
+        assert path_of(task, yi) in ref_valid_paths(G, task.L)
+        assert {tuple(int(v) for v in p) for p in P[M]} == ref_valid_paths(G, task.L)
+    # π_D's mass on the good set is 1 (every class's own path or valid set is accepted)
+    n, G = mask.shape
+    k = 512 // G  # the good sets of the first k prompts fill one batch of 512 rows
+    xs, ys = np.repeat(x[:k], G, axis=0), gs[:k].reshape(k * G, -1)
+    pad = 512 - k * G
+    lpg = np.asarray(_eval(task, jnp.asarray(np.concatenate([xs, x[:pad]])),
+                           jnp.asarray(np.concatenate([ys, y[:pad]])))[0])[: k * G]
+    good = np.where(mask[:k].reshape(-1), np.exp(lpg.astype(np.float64)), 0.0)
+    np.testing.assert_allclose(good.reshape(k, G).sum(1), 1.0, atol=1e-5)
 
 
 # ---- errors -------------------------------------------------------------------------------

@@ -237,7 +237,8 @@ def check(dirs: Dirs) -> Verdict:
         f"{COV_SPREAD_MULT:g} × pooled {1 - alpha:.0%} Wilson half-width = {tol:.4f}; "
         f"rare-class KL/token ≥ {RARE_TOKEN_KL_MIN} nats at every H"
     )
-    notes = [f"median over {min(seeds)}–{max(seeds)} seeds, {m} eval samples each"]
+    span = f"{min(seeds)}" if min(seeds) == max(seeds) else f"{min(seeds)}–{max(seeds)}"
+    notes = [f"median over {span} seeds, {m} eval samples each"]
     if missing:
         notes.append(f"{missing} cell(s) without results")
     if not rare_ok:

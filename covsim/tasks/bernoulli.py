@@ -17,7 +17,6 @@ import numpy as np
 from flax import struct
 
 from covsim.checks import check_float, check_int, is_concrete
-from covsim.checks import is_concrete as _is_concrete  # noqa: F401  (graph.py, until moved)
 from covsim.tasks.base import Array, Task, exact_cdf, open_uniform
 
 #: Log-ratio ties within this many nats count as ≥ log N: Prop F.2 sits exactly on the

@@ -74,10 +74,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from covsim.checks import check_int, check_probs, check_shape
-from covsim.tasks.base import Array, Task, inverse_cdf
-from covsim.tasks.bernoulli import _is_concrete
-from covsim.tasks.markov import exact_cdf
+from covsim.checks import check_int, check_probs, check_shape, is_concrete
+from covsim.tasks.base import Array, Task, exact_cdf, inverse_cdf
 
 RULES = ("parity", "antiparity", "global_parity", "uniform")
 RESPONSES = ("nodes", "edges")
@@ -250,7 +248,7 @@ class GraphClass(Task):
         # slot labellings / (orderings inside each layer: 1!3! or 2!2!) × branching sets
         log_c = math.lgamma(L + 1) - math.lgamma(B + 1) - math.lgamma(L - B + 1)
         out = log_c + log_inj - (L - B) * math.log(6) - B * math.log(4)
-        return out
+        return out - (math.log(2) if self.feature is not None else 0.0)
 
     @property
     def layer_of(self) -> tuple[int, ...]:
@@ -267,7 +265,8 @@ class GraphClass(Task):
     @property
     def first_pos(self) -> tuple[int, ...]:
         """(L + 2,) the response position where layer i's node is written first."""
-        return tuple(self.layer_of.index(i) for i in range(self.L + 2))
+        lay = self.layer_of
+        return tuple(lay.index(i) for i in range(self.L + 2))
 
     # ---- graphs ---------------------------------------------------------------------
     @property
@@ -513,7 +512,7 @@ class GraphClass(Task):
         paths = jnp.concatenate([ends[0], mid, ends[1]], -1).astype(jnp.int32)
         nb = jnp.sum(k == 2, -1)
         fine = jnp.all((k == 1) | (k == 2), -1) & (nb <= B)
-        return paths, fine[:, None] & (c[..., 0] < 2 ** jnp.minimum(nb, B)[:, None])
+        return paths, fine[:, None] & (c[..., 0] < jnp.left_shift(1, jnp.minimum(nb, B))[:, None])
 
     def valid_paths(self, prompts: Array, max_branch: int | None = None) -> tuple[Array, Array]:
         """`graph_valid_paths` of the prompts' graphs: ((n, G, L + 2), (n, G)) node paths."""
@@ -651,7 +650,7 @@ class GraphMixture(Task):
                            tuple(c if c.edge_slots == E else c.replace(edge_slots=E)
                                  for c in comps))
         w = self.weights
-        if _is_concrete(w) or isinstance(w, list | tuple):
+        if is_concrete(w):
             w = check_probs("weights", w, atol=1e-6)
             if w.shape != (len(comps),):
                 raise ValueError(f"argument weights must have shape ({len(comps)},) (one per "
