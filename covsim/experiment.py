@@ -27,7 +27,7 @@ from covsim.models import make_model
 from covsim.optim import make_optimizer
 from covsim.results import RunResult
 from covsim.sweep import Cell
-from covsim.tasks import Task
+from covsim.tasks import Task, graph
 from covsim.tasks.bernoulli import Bernoulli
 from covsim.tasks.linear import AutoregressiveLinear
 from covsim.tasks.markov import MarkovChain
@@ -66,6 +66,10 @@ TASKS: dict[str, Callable[..., Task]] = {
     "prop_3_2": lambda key, **p: AutoregressiveLinear.prop_3_2(**p),
     "prop_5_1_sgd": _prop_5_1,
     "prop_g1a": lambda key, **p: AutoregressiveLinear.prop_g1a(**p),
+    # the paper's graph tasks; their "H" is the number L of intermediate layers
+    "graph_fig2": lambda key, **p: graph.figure2_task(**p),
+    "graph_fig1_finetune": lambda key, **p: graph.figure1_finetune_task(**p),
+    "graph_fig1_pretrain": lambda key, **p: graph.figure1_pretrain_task(**p),
 }
 
 
