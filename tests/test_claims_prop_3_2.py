@@ -1,5 +1,6 @@
 """covsim.claims.prop_3_2: the instance's exact unseen-prompt KL, the MLE the runner fits, and
-the check (PASS on the weaker statement, FAIL cases, and the literal H/(4n) fraction reported)."""
+the check (FAIL when the paper's H/(4n) fraction is below ¼ even though the weaker statement
+holds, PASS when both hold, FAIL cases of the weaker statement)."""
 
 from __future__ import annotations
 
@@ -125,9 +126,10 @@ def _write(tmp_path, recs):
     return {"prop_3_2": d}
 
 
-def test_check_passes_on_weaker_statement_and_reports_the_paper_fraction(tmp_path):
+def test_check_fails_on_the_paper_constant_but_reports_the_weaker_statement(tmp_path):
     v = check(_write(tmp_path, _records()))
-    assert v.passed, v.line()
+    assert not v.passed, v.line()
+    assert v.numbers["weaker_statement_holds"]
     assert all(f == 0.0 for f in v.numbers["frac_kl_ge_H_over_4n"].values())
     assert "does NOT hold" in v.note
     assert v.numbers["kl_quantile_slope_vs_H"] == pytest.approx(1.0, abs=1e-9)
@@ -165,6 +167,8 @@ def test_quick_profile_end_to_end(tmp_path):
     run_sweep(load_config(TOML, "quick"), run_cell, out, progress=False)
     dirs = {"prop_3_2": out}
     v = CLAIMS["prop_3_2"].check(dirs)
-    assert v.passed, v.line()
+    # on this instance the paper's constant 1/4 is out of reach (see the claim's note): the
+    # verdict is FAIL, while the H/n scaling with the instance's constant holds
+    assert not v.passed and v.numbers["weaker_statement_holds"], v.line()
     assert set(v.numbers["frac_kl_ge_H_over_4n"]) == set(v.numbers["H"])
     assert all(f.is_file() for f in CLAIMS["prop_3_2"].figure(dirs, tmp_path / "fig"))
