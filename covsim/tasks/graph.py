@@ -74,8 +74,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from covsim.checks import check_int, check_probs, check_shape, is_concrete
+from covsim.checks import check_int, check_shape
 from covsim.tasks.base import Array, Task, exact_cdf, inverse_cdf
+from covsim.tasks.mixture import checked_weights
 
 RULES = ("parity", "antiparity", "global_parity", "uniform")
 RESPONSES = ("nodes", "edges")
@@ -649,13 +650,7 @@ class GraphMixture(Task):
         object.__setattr__(self, "components",
                            tuple(c if c.edge_slots == E else c.replace(edge_slots=E)
                                  for c in comps))
-        w = self.weights
-        if is_concrete(w):
-            w = check_probs("weights", w, atol=1e-6)
-            if w.shape != (len(comps),):
-                raise ValueError(f"argument weights must have shape ({len(comps)},) (one per "
-                                 f"component), got {w.shape}")
-            object.__setattr__(self, "weights", jnp.asarray(w, jnp.float32))
+        object.__setattr__(self, "weights", checked_weights(self.weights, len(comps)))
 
     # ---- sizes ----------------------------------------------------------------------
     @property

@@ -16,6 +16,18 @@ from covsim.checks import check_probs, is_concrete
 from covsim.tasks.base import Array, Task, exact_cdf, open_uniform
 
 
+def checked_weights(w, K: int):
+    """Mixture weights validated as a probability vector of shape (K,), as float32; a value
+    jax passes while rebuilding the pytree (tracer, placeholder, scalar of a prefix tree) is
+    returned unchanged."""
+    if not (is_concrete(w) and np.ndim(w) >= 1):
+        return w
+    w = check_probs("weights", w, atol=1e-6)
+    if w.shape != (K,):
+        raise ValueError(f"argument weights must have shape ({K},) (one per component), "
+                         f"got {w.shape}")
+    return jnp.asarray(w, jnp.float32)
+
 class Mixture(Task):
     """Mixture(components, weights): component c is drawn with probability weights[c].
 
@@ -41,13 +53,7 @@ class Mixture(Task):
                     f"argument components[{i}] must have V={comps[0].V}, H={comps[0].H} like "
                     f"components[0], got V={t.V}, H={t.H}"
                 )
-        w = self.weights
-        if is_concrete(w) and np.ndim(w) >= 1:  # scalars: placeholders of prefix trees
-            w = check_probs("weights", w, atol=1e-6)
-            if w.shape != (len(comps),):
-                raise ValueError(f"argument weights must have shape ({len(comps)},) (one per "
-                                 f"component), got {w.shape}")
-            object.__setattr__(self, "weights", jnp.asarray(w, jnp.float32))
+        object.__setattr__(self, "weights", checked_weights(self.weights, len(comps)))
 
     # ---- sizes ----------------------------------------------------------------------
     @property
