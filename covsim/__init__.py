@@ -1,8 +1,13 @@
 """covsim: simulate the coverage principle (Chen et al., arXiv 2510.15020).
 
-Where things are:
-    covsim.tasks    ground truths with exact log-probabilities (sample + score)
-    covsim.metrics  the coverage profile Cov_N, KL/CE, Pass@N, the paper's bounds
+Where things are (imports point downwards only):
+    covsim.tasks      ground truths π_D with exact log-probabilities (sample + score)
+    covsim.metrics    the coverage profile Cov_N, KL/CE, Pass@N, the paper's bounds
+    covsim.models     learners: LogLinear, Tabular, Transformer
+    covsim.optim      the optimizers the paper studies; covsim.mle: exact MLE
+    covsim.train      the trainer (a pure function of a key); covsim.evaluate: checkpoint scores
+    covsim.select     checkpoint selection; covsim.decode: sampling, Best-of-N
+    covsim.config / sweep / results / experiment / claims / plots / cli: experiments and I/O
 """
 
 __version__ = "0.1.0"
