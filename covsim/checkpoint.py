@@ -2,20 +2,20 @@
 
 Serialised with flax's msgpack serializer (`flax.serialization`), one file per run:
 `checkpoints.msgpack` holding {"steps": (K,), "params": pytree with leading (K, ...)}. Writes are
-atomic (temp file in the same directory, then `os.replace`), so a killed run never leaves a
-half-written checkpoint behind.
+atomic (`covsim.results.atomic_write_text`), so a killed run never leaves a half-written
+checkpoint behind.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
+
+from covsim.results import atomic_write_text
 
 FILENAME = "checkpoints.msgpack"
 
@@ -24,16 +24,8 @@ def save_checkpoints(run_dir: str | Path, steps, params) -> Path:
     """Write params (a pytree, leaves with a leading checkpoint axis (K, ...)) and steps (K,)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = checkpoint_bytes(steps, params)
     path = run_dir / FILENAME
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-ckpt-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, checkpoint_bytes(steps, params))
     return path
 
 

@@ -156,8 +156,9 @@ def dumps(x: Any, indent: int | None = None) -> str:
 # Atomic writes
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same directory and `os.replace`."""
+def atomic_write_text(path: str | Path, text: str | bytes) -> None:
+    """Write `text` (or bytes) to `path` via a temp file in the same directory and
+    `os.replace`: readers see the old file or the whole new one, never a part."""
     path = Path(path)
     tmp = path.parent / f"{TMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
     try:
@@ -168,9 +169,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "x", encoding="utf-8") as f:  # "x": a fresh file, mode from the umask
-        f.write(text)
+def _write_synced(path: Path, data: str | bytes) -> None:
+    # "x": a fresh file, mode from the umask
+    with open(path, "xb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
 
@@ -226,10 +228,7 @@ def write_run(
         for name, text in zip(RUN_FILES, texts, strict=True):
             _write_synced(tmp / name, text)
         for name, data in result.files.items():
-            with open(tmp / name, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_synced(tmp / name, data)
         if run_dir.exists():  # a directory cannot be replaced by rename: move it aside first
             os.replace(run_dir, old)
         os.replace(tmp, run_dir)

@@ -12,6 +12,7 @@ from flax import nnx
 from covsim.checkpoint import load_checkpoints, restore_model, save_checkpoints, select
 from covsim.evaluate import evaluate
 from covsim.models import LogLinear, Tabular, Transformer
+from covsim.results import TMP_PREFIX
 from covsim.tasks.bernoulli import Bernoulli, bernoulli_cov, bernoulli_kl, bernoulli_mle
 from covsim.tasks.linear import AutoregressiveLinear
 from covsim.tasks.markov import MarkovChain
@@ -149,7 +150,7 @@ def test_checkpoints_round_trip(chain, tmp_path):
     model = restore_model(tabular_fn(chain)(jax.random.key(0)), select(params, 1))
     ev = evaluate(chain, model, eval_set, Ns=tr.Ns)
     np.testing.assert_allclose(float(ev.kl), float(out.metrics.kl[1]), rtol=1e-5)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(TMP_PREFIX + "*"))  # no temp file left behind
 
 
 def test_token_level_and_distillation_losses_train(chain):
