@@ -116,17 +116,24 @@ def _preflight(cfg: Config) -> None:
 
     cell = expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds)[0]
     c = cell_config(cfg, cell)
-    section = "task"
-    try:
-        task = build_task(c)
-        section = "model"
-        build_model_fn(c, task)
-        section = "optim"
-        build_optimizer(c, task)
-    except (ValueError, TypeError) as e:
-        msg = " ".join(str(e).split())
-        named = msg.startswith((f"{section}.", f"{section}:"))
-        raise ConfigError(msg if named else f"{section}: {msg}") from None
+    stages = [("", c)]
+    if c.pretrain is not None:
+        from covsim.experiment import pretrain_config
+
+        stages.append(("pretrain.", pretrain_config(c)))
+    for prefix, sc in stages:
+        section = "task"
+        try:
+            task = build_task(sc)
+            section = "model"
+            build_model_fn(sc, task)
+            section = "optim"
+            build_optimizer(sc, task)
+        except (ValueError, TypeError) as e:
+            msg = " ".join(str(e).split())
+            where = prefix + section
+            named = msg.startswith((f"{where}.", f"{where}:", "pretrain."))
+            raise ConfigError(msg if named else f"{where}: {msg}") from None
 
 
 def _default_out(cfg: Config, profile: str) -> Path:
@@ -375,6 +382,8 @@ the latest call are kept from before); numbers come from the result files under 
 """
 
 _ROW = re.compile(r"^\|\s*`?([A-Za-z0-9_.-]+)`?\s*\|")
+#: Hand-written notes after this line (e.g. measured GPU times) survive regeneration.
+REPORT_TAIL = "<!-- notes below this line are kept by covsim reproduce -->"
 
 
 def _cell(text: str) -> str:
@@ -407,7 +416,7 @@ def read_report_rows(path: Path) -> dict[str, str]:
     rows: dict[str, str] = {}
     if not path.is_file():
         return rows
-    for line in path.read_text("utf-8").splitlines():
+    for line in path.read_text("utf-8").split(REPORT_TAIL)[0].splitlines():
         m = _ROW.match(line)
         if m and m.group(1) not in ("claim", "---"):
             rows[m.group(1)] = line
@@ -416,9 +425,12 @@ def read_report_rows(path: Path) -> dict[str, str]:
 
 def update_report(path: Path, new_rows: dict[str, str]) -> None:
     """Rewrite the report atomically: the new rows replace those of the same claims, the
-    others are kept; rows sorted by claim name."""
+    others are kept; rows sorted by claim name; everything after REPORT_TAIL is kept."""
     rows = read_report_rows(path) | new_rows
     text = REPORT_HEAD + "".join(rows[k] + "\n" for k in sorted(rows))
+    old = path.read_text("utf-8") if path.is_file() else ""
+    if REPORT_TAIL in old:
+        text += "\n" + REPORT_TAIL + old.split(REPORT_TAIL, 1)[1]
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
 

@@ -7,6 +7,7 @@ An experiment file (experiments/*.toml) has the sections
     [model]       kind and the model's own parameters
     [optim]       name and the optimizer's own parameters
     [train]       steps, batch_size, n_train | online, epochs, eval_every, eval_samples, Ns, ...
+    [pretrain]    optional first stage: its own task, optim and train tables (same model)
     [sweep]       seeds, vmap_seeds, and [sweep.axes]: dotted config path -> list of values
     [profile.quick], [profile.full]   dotted path -> value, applied over the base
 
@@ -29,6 +30,7 @@ import json
 import math
 import re
 import tomllib
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -127,6 +129,8 @@ class TrainSection(_Section):
     alpha: Annotated[float, Field(gt=0, lt=1)] | None = None  # Cov_N intervals at level 1 - alpha
     eval_chunk: PosInt | None = None  # evaluation batch, bounds memory
     checkpoints: list[NonNegInt] = Field(default_factory=list)  # steps whose params are kept
+    # held-out samples whose log π̂ is kept per checkpoint (select_logq.npy, for tournaments)
+    select_samples: NonNegInt | None = None
 
     @property
     def n_steps(self) -> int:
@@ -173,6 +177,16 @@ class SweepSection(_Section):
         return v
 
 
+class PretrainSection(_Section):
+    """An optional first stage (e.g. Fig. 1's pre-training): the same [model] is trained on
+    its own task with its own optimizer and schedule; the main [task]/[optim]/[train] stage
+    then starts from its final parameters (each seed from its own)."""
+
+    task: TaskSection
+    optim: OptimSection
+    train: TrainSection
+
+
 class Config(_Section):
     """A resolved experiment config (profile and overrides applied, validated)."""
 
@@ -181,6 +195,7 @@ class Config(_Section):
     model: ModelSection
     optim: OptimSection
     train: TrainSection
+    pretrain: PretrainSection | None = None
     sweep: SweepSection = Field(default_factory=SweepSection)
 
     _registry: Registry = PrivateAttr(default_factory=lambda: REGISTRY)
@@ -276,46 +291,13 @@ def _build(raw: dict[str, Any], registry: Registry) -> Config:
 
 def _check_semantics(cfg: Config, registry: Registry) -> None:
     """Cross-field rules, registered kinds, and that every sweep value gives a valid config."""
-    t = cfg.train
-    if t.online and t.n_train is not None:
-        raise ConfigError(
-            f"train.n_train: must be omitted when train.online = true, got {t.n_train}"
-        )
-    if not t.online and t.n_train is None:
-        raise ConfigError("train.n_train: required unless train.online = true")
-    if t.online and t.epochs is not None:
-        raise ConfigError("train.epochs: only for a fixed dataset (train.online = false)")
-    if t.eval_every > t.steps:
-        raise ConfigError(
-            f"train.eval_every: must be ≤ train.steps = {t.steps}, got {t.eval_every}"
-        )
-    if t.steps % t.eval_every:
-        raise ConfigError(
-            f"train.steps: must be a multiple of train.eval_every = {t.eval_every}, got {t.steps}"
-        )
-    for i, s in enumerate(t.checkpoints):
-        if s > t.steps or s % t.eval_every:
-            raise ConfigError(
-                f"train.checkpoints[{i}]: must be an evaluation step (a multiple of "
-                f"train.eval_every = {t.eval_every}, ≤ train.steps = {t.steps}), got {s}"
-            )
+    _check_train(cfg.train, "train")
     for section in COMPONENTS:
-        kinds = registry.get(section) or {}
-        if not kinds:  # nothing registered: the factory validates
-            continue
-        spec = getattr(cfg, section)
-        field = "name" if section == "optim" else "kind"
-        kind = getattr(spec, field)
-        if kind not in kinds:
-            raise ConfigError(
-                f"{section}.{field}: unknown {field} {kind!r}; allowed: {', '.join(sorted(kinds))}"
-            )
-        allowed = kinds[kind]
-        if allowed is not None:
-            for key in spec.params:
-                if key not in allowed:
-                    names = ", ".join(sorted(set(allowed) | set(type(spec).model_fields)))
-                    raise ConfigError(f"{section}.{key}: unknown key; allowed: {names}")
+        _check_kind(getattr(cfg, section), section, registry)
+    if cfg.pretrain is not None:
+        _check_train(cfg.pretrain.train, "pretrain.train")
+        for section in ("task", "optim"):
+            _check_kind(getattr(cfg.pretrain, section), section, registry, "pretrain.")
     raw = cfg.to_dict()
     raw["sweep"]["axes"] = {}
     for axis, values in cfg.sweep.axes.items():
@@ -334,6 +316,53 @@ def _check_semantics(cfg: Config, registry: Registry) -> None:
                 _build(cell, registry)
             except ConfigError as e:
                 raise ConfigError(f"{where}[{i}]: {e}") from None
+
+
+def _check_train(t: TrainSection, where: str) -> None:
+    """The cross-field rules of one [train] table (`where` is its dotted path)."""
+    if t.online and t.n_train is not None:
+        raise ConfigError(
+            f"{where}.n_train: must be omitted when {where}.online = true, got {t.n_train}"
+        )
+    if not t.online and t.n_train is None:
+        raise ConfigError(f"{where}.n_train: required unless {where}.online = true")
+    if t.online and t.epochs is not None:
+        raise ConfigError(f"{where}.epochs: only for a fixed dataset ({where}.online = false)")
+    if t.eval_every > t.steps:
+        raise ConfigError(
+            f"{where}.eval_every: must be ≤ {where}.steps = {t.steps}, got {t.eval_every}"
+        )
+    if t.steps % t.eval_every:
+        raise ConfigError(
+            f"{where}.steps: must be a multiple of {where}.eval_every = {t.eval_every}, "
+            f"got {t.steps}"
+        )
+    for i, s in enumerate(t.checkpoints):
+        if s > t.steps or s % t.eval_every:
+            raise ConfigError(
+                f"{where}.checkpoints[{i}]: must be an evaluation step (a multiple of "
+                f"{where}.eval_every = {t.eval_every}, ≤ {where}.steps = {t.steps}), got {s}"
+            )
+
+
+def _check_kind(spec: _Component, section: str, registry: Registry, prefix: str = "") -> None:
+    """A registered kind (name for optim) with known parameters, if `section` has a registry."""
+    kinds = registry.get(section) or {}
+    if not kinds:  # nothing registered: the factory validates
+        return
+    field = "name" if section == "optim" else "kind"
+    kind = getattr(spec, field)
+    if kind not in kinds:
+        raise ConfigError(
+            f"{prefix}{section}.{field}: unknown {field} {kind!r}; "
+            f"allowed: {', '.join(sorted(kinds))}"
+        )
+    allowed = kinds[kind]
+    if allowed is not None:
+        for key in spec.params:
+            if key not in allowed:
+                names = ", ".join(sorted(set(allowed) | set(type(spec).model_fields)))
+                raise ConfigError(f"{prefix}{section}.{key}: unknown key; allowed: {names}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +388,15 @@ def _flatten(
     return out
 
 
-_MODELS: dict[str, type[BaseModel]] = {n: f.annotation for n, f in Config.model_fields.items()}
+def _model_of(annotation: Any) -> type[BaseModel]:
+    """The BaseModel in a field's annotation (`X | None` -> X)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+_MODELS: dict[str, type[BaseModel]] = {
+    n: _model_of(f.annotation) for n, f in Config.model_fields.items()
+}
 
 
 def _resolve(

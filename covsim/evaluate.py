@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from covsim import metrics as M
 from covsim.tasks.base import Task, gather_tokens
@@ -35,6 +36,8 @@ class EvalMetrics(NamedTuple):
     pos_ce: Array  # (H,) per-position cross-entropy
     pos_kl: Array  # (H,) per-position exact token KL
     pass_at: Array  # (m,) exact Pass@N for the pass_Ns grid (empty when not asked)
+    # (s,) log π̂(y|x) of held-out selection samples (empty unless the trainer asks for them)
+    select_logq: Array = np.zeros((0,), np.float32)
 
 
 def make_eval_set(task: Task, key: Array, n: int) -> tuple[Array, Array, Array]:
@@ -58,23 +61,14 @@ def evaluate(
     Pass@N is exact, 1 − (1 − π̂(S_x|x))^N averaged over the eval prompts, for tasks that
     expose their good set S_x as `task.good_set(prompts) -> ((n, G, H), mask (n, G))`."""
     ex, ey, lp_true = eval_set
-    n = ex.shape[0]
-    c = min(chunk, n)
-    n_chunks = math.ceil(n / c)
-    pad = n_chunks * c - n
 
-    def one_chunk(args):
-        x, y = args
+    def one_chunk(x, y):
         q = model(x, y)  # (c, H, V)
         tok_q = gather_tokens(q, y)
         good = p_good(task, model, x) if pass_Ns else jnp.zeros((x.shape[0],))
         return jnp.sum(tok_q, -1), tok_q, M.token_kl(task.next_token_log_probs(x, y), q), good
 
-    xs = jnp.pad(ex, ((0, pad), (0, 0))).reshape(n_chunks, c, -1)
-    ys = jnp.pad(ey, ((0, pad), (0, 0))).reshape(n_chunks, c, -1)
-    lq, tok_q, tkl, good = jax.tree.map(
-        lambda a: a.reshape(n_chunks * c, *a.shape[2:])[:n], jax.lax.map(one_chunk, (xs, ys))
-    )
+    lq, tok_q, tkl, good = chunked(one_chunk, ex, ey, chunk=chunk)
     r = M.log_ratio(lp_true, lq)
     prof = M.coverage_profile(r, Ns, alpha=alpha)
     kl, kl_se = M.kl_with_se(r)
@@ -104,3 +98,25 @@ def p_good(task: Task, model, x: Array) -> Array:
     ys = G.reshape(c * g, H)
     lq = jnp.sum(gather_tokens(model(jnp.repeat(x, g, axis=0), ys), ys), -1)
     return jnp.sum(jnp.where(mask, jnp.exp(lq.reshape(c, g)), 0.0), axis=-1)
+
+
+def chunked(f, *arrays: Array, chunk: int):
+    """f over row chunks of `arrays` (n, ...) with `lax.map`, outputs concatenated back to n
+    rows: bounds memory to one chunk (the last one is padded, its padding dropped)."""
+    n = arrays[0].shape[0]
+    c = min(chunk, n)
+    n_chunks = math.ceil(n / c)
+    pad = n_chunks * c - n
+
+    def split(a):
+        a = jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1))
+        return a.reshape(n_chunks, c, *a.shape[1:])
+
+    out = jax.lax.map(lambda xs: f(*xs), tuple(split(a) for a in arrays))
+    return jax.tree.map(lambda a: a.reshape(n_chunks * c, *a.shape[2:])[:n], out)
+
+
+def chunked_log_prob(model, x: Array, y: Array, *, chunk: int = 1024) -> Array:
+    """log π̂(y|x) of every row, (n, P), (n, H) -> (n,), computed `chunk` rows at a time."""
+    return chunked(lambda xc, yc: jnp.sum(gather_tokens(model(xc, yc), yc), -1), x, y,
+                   chunk=chunk)

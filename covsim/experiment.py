@@ -8,21 +8,26 @@ files and the pure layers (tasks, models, optim, train).
     result = run_cell(cfg, cell)               # one sweep cell -> RunResult (what sweep writes)
 
 `[experiment] runner` picks how a cell runs: "train" (the trainer, all of the cell's seeds
-vmapped) or any runner registered with `@runner("name")` (e.g. exact MLE, closed-form
-studies). Runners are module-level functions so the process executor can pickle them.
+vmapped, after the optional [pretrain] stage) or any runner registered with `@runner("name")`
+(e.g. exact MLE, closed-form studies). Runners are module-level functions so the process
+executor can pickle them.
 """
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from covsim.checkpoint import checkpoint_bytes
 from covsim.config import Config
+from covsim.evaluate import chunked_log_prob
 from covsim.models import make_model
 from covsim.optim import make_optimizer
 from covsim.results import RunResult
@@ -156,6 +161,8 @@ def train_spec(cfg: Config) -> TrainSpec:
         kw["alpha"] = t.alpha
     if t.eval_chunk is not None:
         kw["eval_chunk"] = t.eval_chunk
+    if t.select_samples is not None:
+        kw["select_samples"] = t.select_samples
     return TrainSpec(
         steps=t.n_steps,
         batch_size=t.batch_size,
@@ -185,15 +192,98 @@ def cell_keys(cell: Cell) -> list[int]:
     return [cell.rng_seed(s) for s in cell.seeds]
 
 
+def pretrain_config(cfg: Config) -> Config:
+    """The config of the [pretrain] stage: its task, optim and train in place of the main
+    ones (same model and sweep)."""
+    p = cfg.pretrain
+    if p is None:
+        raise ValueError("pretrain: this config has no [pretrain] stage")
+    return cfg.model_copy(update={"task": p.task, "optim": p.optim, "train": p.train,
+                                  "pretrain": None})
+
+
+_PER_CLASS_STREAM = 0x5EED  # fold_in constant of the per-class evaluation samples
+_PRETRAIN_STREAM = 0x9E7  # fold_in constant: pre-training draws data independent of the main stage
+
+
+def _sizes(task: Task) -> tuple[int, int, int, int]:
+    return task.V, task.H, task.P, task.prompt_vocab
+
+
 @runner("train")
 def run_train(cfg: Config, cell: Cell) -> RunResult:
-    """Train every seed of the cell (vmapped) and score each checkpoint against π_D."""
+    """Train every seed of the cell (vmapped) and score each checkpoint against π_D; with a
+    [pretrain] stage, first train the same seeds on its task and start from their final
+    parameters (its checkpoints are recorded too, with "stage": "pretrain")."""
     task = build_task(cfg)
     spec = train_spec(cfg)
+    keys = jnp.stack([jax.random.key(k) for k in cell_keys(cell)])
+    params0, pre_records = None, []
+    if cfg.pretrain is not None:
+        pcfg = pretrain_config(cfg)
+        ptask = build_task(pcfg)
+        if _sizes(ptask) != _sizes(task):
+            raise ValueError(
+                "pretrain.task: the model is shared, so (V, H, P, prompt_vocab) must match "
+                f"task's {_sizes(task)}, got {_sizes(ptask)}"
+            )
+        pspec = train_spec(pcfg)
+        ptrainer = make_train(
+            ptask, build_model_fn(pcfg, ptask), build_optimizer(pcfg, ptask), pspec
+        )
+        pkeys = jax.vmap(lambda k: jax.random.fold_in(k, _PRETRAIN_STREAM))(keys)
+        pout = run_seeds(ptrainer, pkeys, mode="vmap")
+        pre_records = to_records(pout, pspec, coords={"stage": "pretrain"}, seeds=cell.seeds)
+        params0 = pout.params
     trainer = make_train(task, build_model_fn(cfg, task), build_optimizer(cfg, task), spec)
-    out = run_seeds(trainer, cell_keys(cell), mode="vmap")
-    records = to_records(out, spec, seeds=cell.seeds)
-    return _result(out, records, spec, cfg)
+    out = run_seeds(trainer, keys, mode="vmap", params=params0)
+    coords = {"stage": "main"} if cfg.pretrain is not None else None
+    records = pre_records + to_records(out, spec, coords=coords, seeds=cell.seeds)
+    result = _result(out, records, spec, cfg)
+    if is_mixture(task):
+        key = jax.random.fold_in(keys[0], _PER_CLASS_STREAM)
+        result.summary["per_class"] = per_class_summary(
+            trainer, out.params, task, key, spec.eval_samples, spec.Ns
+        )
+    return result
+
+
+def class_log_ratios(trainer, params, task: Task, key, m: int) -> jax.Array:
+    """r = log π_D − log π̂ on m fresh samples of each class of a mixture task (Mixture,
+    GraphMixture: anything with `components` and `weights`), for each seed's parameters:
+    params with a leading seed axis S -> (K, S, m). One compiled function serves every class
+    (a class is the mixture with one-hot weights); seeds run one after another (memory)."""
+    chunk = trainer.spec.eval_chunk
+
+    @jax.jit
+    def one(mix, k):
+        x, y = mix.sample(k, m)
+        lp = mix.log_prob(x, y)
+        return jax.lax.map(
+            lambda p: lp - chunked_log_prob(trainer.model(p), x, y, chunk=chunk), params
+        )
+
+    K = len(task.components)
+    out = [one(task.replace(weights=np.eye(K, dtype=np.float32)[c]), jax.random.fold_in(key, c))
+           for c in range(K)]
+    return jnp.stack(out)
+
+
+def per_class_summary(trainer, params, task: Task, key, m: int, Ns) -> dict[str, Any]:
+    """Each class's sequence KL, KL per token and Cov_N (per seed) for the final params:
+    the summary's "per_class" entry, which tells which class carries a mixture's KL and
+    coverage deficit."""
+    r = np.asarray(class_log_ratios(trainer, params, task, key, m))  # (K, S, m)
+    return {
+        "weights": np.asarray(task.weights).tolist(),
+        "kl": r.mean(-1).tolist(),  # (K, S)
+        "kl_token": (r.mean(-1) / task.H).tolist(),
+        "cov": {N: (r >= math.log(N)).mean(-1).tolist() for N in Ns},
+    }
+
+
+def is_mixture(task: Task) -> bool:
+    return hasattr(task, "components") and hasattr(task, "weights")
 
 
 def _result(out: TrainOutput, records: list[dict], spec: TrainSpec, cfg: Config) -> RunResult:
@@ -208,6 +298,10 @@ def _result(out: TrainOutput, records: list[dict], spec: TrainSpec, cfg: Config)
         "diverged_steps": dv.tolist(),
     }
     files = {}
+    if spec.select_samples:  # (seeds, checkpoints, samples): for covsim.select's tournaments
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(out.metrics.select_logq, np.float32))
+        files["select_logq.npy"] = buf.getvalue()
     if cfg.train.checkpoints:
         steps = np.asarray(out.step)[0]
         keep = [int(np.flatnonzero(steps == s)[0]) for s in cfg.train.checkpoints]

@@ -325,6 +325,16 @@ def read_metrics(directory: str | Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=["run"])
 
 
+def artifact_paths(directory: str | Path, name: str) -> dict[str, Path]:
+    """{run name: path} of artifact `name` (a RunResult.files entry) in a run dir, or in every
+    finished cell of a sweep dir that has it."""
+    out = {}
+    for p, cell in _run_dirs(directory):
+        if (cell is None or cell["status"] in FINISHED) and (p / name).is_file():
+            out[p.name] = p / name
+    return out
+
+
 def read_summaries(directory: str | Path) -> pd.DataFrame:
     """One row per run: "run", "status", "error", the coordinates, diverged, the summary.
 

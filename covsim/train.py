@@ -13,6 +13,11 @@ a leading (n_evals + 1) axis; no host I/O happens inside.
 Data regimes: a fixed dataset of `n_train` sequences visited in shuffled epochs (the paper's
 figures, MLE-like), or `n_train=None`: fresh samples every step (its SGD theorems).
 
+Warm start: `trainer(key, params)` (and `run_seeds(..., params=...)`) starts from given
+parameters, e.g. a pre-training stage's (covsim.experiment's [pretrain]). Model selection:
+with `select_samples` every checkpoint also keeps log π̂ of that many held-out π_D samples
+(`EvalMetrics.select_logq`), the observable data covsim.select's tournaments need.
+
 Divergence: the first step whose loss or gradient is not finite freezes that seed's parameters,
 records the step in `diverged_step`, and its later evaluations are NaN; other seeds in the same
 vmapped batch are unaffected.
@@ -32,12 +37,13 @@ import optax
 from flax import nnx
 
 from covsim.checks import check_float, check_int, check_Ns
-from covsim.evaluate import EvalMetrics, evaluate, make_eval_set
+from covsim.evaluate import EvalMetrics, chunked_log_prob, evaluate, make_eval_set
 from covsim.optim import truncated_distillation_loss
 from covsim.tasks.base import Task, gather_tokens
 
 Array = jax.Array
 ModelFn = Callable[[Array], nnx.Module]
+_SELECT_STREAM = 0x5E1EC7  # fold_in constant of the selection set's key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +66,12 @@ class TrainSpec:
     update: Literal["batch", "token"] = "batch"
     alpha: float = 0.05  # coverage intervals are (1 - alpha) Wilson intervals
     keep_params: bool = False  # stack the parameters of every checkpoint in the output
+    # held-out π_D samples whose log π̂(y|x) is kept at every checkpoint (in
+    # EvalMetrics.select_logq): the observable data covsim.select's tournaments score on
+    select_samples: int = 0
+    # a fixed dataset is drawn in chunks of this many sequences (bounds the sampler's memory
+    # at paper scale); a draw that fits in one chunk is a single call, as before
+    sample_chunk: int = 65536
 
     def __post_init__(self):
         check_int("steps", self.steps, 1)
@@ -74,6 +86,8 @@ class TrainSpec:
             )
         check_int("eval_samples", self.eval_samples, 1)
         check_int("eval_chunk", self.eval_chunk, 1)
+        check_int("select_samples", self.select_samples, 0)
+        check_int("sample_chunk", self.sample_chunk, 1)
         object.__setattr__(self, "Ns", tuple(float(N) for N in check_Ns("Ns", self.Ns)))
         for N in self.pass_Ns:
             check_int("pass_Ns", N, 1)
@@ -160,24 +174,42 @@ class Trainer:
         perms = jnp.argsort(jax.random.uniform(key, (n_epochs, s.n_train)), axis=-1)
         return perms.reshape(-1)[: s.steps * s.batch_size].reshape(s.steps, s.batch_size)
 
+    def _sample(self, key: Array, n: int) -> tuple[Array, Array]:
+        """n i.i.d. pairs from π_D, drawn `spec.sample_chunk` at a time: ((n, P), (n, H))."""
+        c = self.spec.sample_chunk
+        if n <= c:
+            return self.task.sample(key, n)
+        k = math.ceil(n / c)
+        x, y = jax.lax.map(lambda kk: self.task.sample(kk, c), jax.random.split(key, k))
+        return x.reshape(k * c, -1)[:n], y.reshape(k * c, -1)[:n]
+
     # ---- the run ---------------------------------------------------------------------
-    def init(self, key: Array):
-        """Everything a run needs, from its key: (state, data, eval_set)."""
+    def init(self, key: Array, params=None):
+        """Everything a run needs, from its key: (state, data, eval_set). `params` (optional)
+        warm-starts the run from given parameters (e.g. a pre-training stage's final ones);
+        the optimizer state starts fresh either way."""
         k_init, k_data, k_perm, k_train = jax.random.split(key, 4)
-        params = self.init_params(k_init)
+        if params is None:
+            params = self.init_params(k_init)
         s = self.spec
         if s.n_train is None:
             data = None
             eval_set = make_eval_set(self.task, k_data, s.eval_samples)
         else:  # one draw of n_train + eval_samples i.i.d. pairs: a single sampler to compile
-            x, y = self.task.sample(k_data, s.n_train + s.eval_samples)
+            x, y = self._sample(k_data, s.n_train + s.eval_samples)
             data = (x[: s.n_train], y[: s.n_train], self._batch_indices(k_perm))
             ex, ey = x[s.n_train :], y[s.n_train :]
             eval_set = (ex, ey, self.task.log_prob(ex, ey))
+        select_set = None
+        if s.select_samples:  # its own stream: runs without it keep their data
+            k_sel = jax.random.fold_in(key, _SELECT_STREAM)
+            select_set = self.task.sample(k_sel, s.select_samples)
+        eval_set = (*eval_set, select_set)
         state = _State(params, self.opt.init(params), k_train, jnp.int32(0), jnp.int32(-1))
         return state, data, eval_set
 
-    def _step(self, data, state: _State, _):
+    def step(self, data, state: _State, _=None):
+        """One optimizer step on the next batch: (state, loss). A `lax.scan` body."""
         s = self.spec
         if data is None:
             x, y = self.task.sample(jax.random.fold_in(state.key, state.step), s.batch_size)
@@ -216,28 +248,34 @@ class Trainer:
     def segment(self, state: _State, data, eval_set):
         """`eval_every` steps, then one evaluation: (state, (metrics, mean loss))."""
         state, losses = jax.lax.scan(
-            lambda st, _: self._step(data, st, _), state, None, length=self.spec.eval_every
+            lambda st, _: self.step(data, st, _), state, None, length=self.spec.eval_every
         )
         ev = self.evaluate(state.params, eval_set)
         ev = _mask_if(state.diverged_step >= 0, ev)
         return state, (ev, jnp.mean(losses))
 
     def evaluate(self, params, eval_set) -> EvalMetrics:
-        """Score params on the eval set against the exact π_D (covsim.evaluate)."""
+        """Score params on the eval set against the exact π_D (covsim.evaluate), and keep
+        log π̂ of the selection samples if any."""
         s = self.spec
-        return evaluate(
+        *scored, select_set = eval_set
+        model = self.model(params)
+        ev = evaluate(
             self.task,
-            self.model(params),
-            eval_set,
+            model,
+            tuple(scored),
             Ns=self.Ns,
             pass_Ns=s.pass_Ns,
             alpha=s.alpha,
             chunk=s.eval_chunk,
         )
+        if select_set is None:
+            return ev
+        return ev._replace(select_logq=chunked_log_prob(model, *select_set, chunk=s.eval_chunk))
 
-    def __call__(self, key: Array) -> TrainOutput:
-        """The whole run as one pure function of `key`."""
-        state, data, eval_set = self.init(key)
+    def __call__(self, key: Array, params=None) -> TrainOutput:
+        """The whole run as one pure function of `key` (and of warm-start `params`)."""
+        state, data, eval_set = self.init(key, params)
         ev0 = self.evaluate(state.params, eval_set)
 
         def seg(st, _):
@@ -272,12 +310,14 @@ def make_train(task: Task, model_fn: ModelFn, optimizer, spec: TrainSpec) -> Tra
 
 def run_seeds(
     trainer: Trainer,
-    seeds: Sequence[int] | int,
+    seeds: Sequence[int] | int | Array,
     *,
     mode: Literal["vmap", "loop"] = "vmap",
     progress: bool = False,
+    params=None,
 ) -> TrainOutput:
-    """Run several seeds; the output gains a leading seed axis.
+    """Run several seeds (ints, a count, or an array of typed PRNG keys); the output gains a
+    leading seed axis.
 
     "vmap" runs all seeds in one vectorised computation; "loop" runs them one after another
     with the same compiled function (better when per-step arrays leave the cache; DESIGN.md).
@@ -286,21 +326,36 @@ def run_seeds(
     numbers up to float32 rounding (tested).
     With `progress`, segments are driven from Python with a tqdm bar showing steps/s; the
     result is identical to the single-`scan` run up to XLA's floating-point fusion choices.
+    `params` (leading seed axis) warm-starts seed i from params[i], e.g. the final parameters
+    of a pre-training run of the same seeds.
     """
-    if isinstance(seeds, int):
-        seeds = list(range(check_int("seeds", seeds, 1)))
-    keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
+    if isinstance(seeds, jax.Array) and jnp.issubdtype(seeds.dtype, jax.dtypes.prng_key):
+        keys = seeds  # typed PRNG keys, one per seed
+    else:
+        if isinstance(seeds, int):
+            seeds = list(range(check_int("seeds", seeds, 1)))
+        keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
     if mode not in ("vmap", "loop"):
         raise ValueError(f"argument mode must be one of 'vmap', 'loop', got {mode!r}")
+    if params is not None:
+        n = {a.shape[0] for a in jax.tree.leaves(params)}
+        if n != {len(keys)}:
+            raise ValueError(
+                f"argument params must have a leading seed axis of {len(keys)}, got sizes {n}"
+            )
     if not progress:
         f = jax.jit(jax.vmap(trainer) if mode == "vmap" else trainer)
         if mode == "vmap":
-            return f(keys)
-        return _stack([f(k) for k in keys])
-    return _run_with_progress(trainer, keys, mode)
+            return f(keys, params)
+        return _stack([f(k, _row(params, i)) for i, k in enumerate(keys)])
+    return _run_with_progress(trainer, keys, mode, params)
 
 
-def _run_with_progress(trainer: Trainer, keys: Array, mode: str) -> TrainOutput:
+def _row(tree, i: int):
+    return None if tree is None else jax.tree.map(lambda a: a[i], tree)
+
+
+def _run_with_progress(trainer: Trainer, keys: Array, mode: str, params=None) -> TrainOutput:
     from tqdm.auto import tqdm
 
     s = trainer.spec
@@ -308,11 +363,14 @@ def _run_with_progress(trainer: Trainer, keys: Array, mode: str) -> TrainOutput:
     init = jax.jit(vm(trainer.init))
     ev = jax.jit(vm(trainer.evaluate))
     seg = jax.jit(vm(trainer.segment))
-    groups = [keys] if mode == "vmap" else [k for k in keys]
+    if mode == "vmap":
+        groups = [(keys, params)]
+    else:
+        groups = [(k, _row(params, i)) for i, k in enumerate(keys)]
     outs = []
     with tqdm(total=s.steps * len(groups), unit="step", desc="train") as bar:
-        for k in groups:
-            state, data, eval_set = init(k)
+        for k, p in groups:
+            state, data, eval_set = init(k, p)
             params0 = state.params
             ev0 = ev(state.params, eval_set)
             evs, losses, ps = [], [], []

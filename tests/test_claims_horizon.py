@@ -17,6 +17,7 @@ from covsim.claims import horizon as hz
 from covsim.config import load_config
 from covsim.results import RunResult, read_summaries
 from covsim.sweep import run_sweep
+from covsim.train import TrainSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 TOML = ROOT / "experiments" / "horizon.toml"
@@ -210,6 +211,8 @@ def test_class_log_ratios_layout():
     graphdef, p0, rest = nnx.split(model, nnx.Param, ...)
 
     class Plumbing:  # the part of the trainer that class_log_ratios uses
+        spec = TrainSpec(steps=1, batch_size=1, eval_every=1, eval_chunk=100)  # 256 = 3 chunks
+
         def model(self, p):
             return nnx.merge(graphdef, p, rest)
 

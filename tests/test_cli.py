@@ -277,3 +277,15 @@ def test_report_rows_are_replaced_not_duplicated(tmp_path):
     assert lines.index("| `a` | 2 |") < lines.index("| `b` | 1 |")
     assert sum(ln.startswith("| `") for ln in lines) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["R.md"]
+
+
+def test_report_notes_after_the_tail_marker_survive(tmp_path):
+    from covsim.cli import REPORT_TAIL
+
+    path = tmp_path / "R.md"
+    update_report(path, {"a": "| `a` | 1 |"})
+    tail = f"{REPORT_TAIL}\n\n## GPU\n\n| `x` | a table that is not a claim row |\n"
+    path.write_text(path.read_text() + "\n" + tail)
+    update_report(path, {"a": "| `a` | 2 |"})
+    assert read_report_rows(path) == {"a": "| `a` | 2 |"}
+    assert path.read_text().endswith(tail)

@@ -261,3 +261,48 @@ def test_get_and_with_values(tmp_path):
         cfg.with_values({"task.H": 0})
     with pytest.raises(ConfigError, match=r"^task\.Q: unknown config path"):
         cfg.get("task.Q")
+
+
+PRETRAIN = """
+[pretrain.task]
+kind = "markov"
+H = 8
+
+[pretrain.optim]
+name = "adam"
+lr = 1e-3
+
+[pretrain.train]
+steps = 100
+batch_size = 8
+n_train = 500
+eval_every = 50
+eval_samples = 100
+Ns = [2]
+"""
+
+
+def test_pretrain_stage_loads_and_takes_overrides(tmp_path):
+    text = BASE.replace("[sweep]\n", PRETRAIN + "\n[sweep]\n", 1)
+    cfg = load(tmp_path, text, "quick", ["pretrain.train.steps=200", "pretrain.optim.lr=0.01"])
+    assert cfg.pretrain.train.steps == 200 and cfg.pretrain.optim.params == {"lr": 0.01}
+    assert load(tmp_path, BASE).pretrain is None
+    again = load(tmp_path, cfg.to_toml())  # the resolved config round-trips
+    assert again.pretrain == cfg.pretrain
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("n_train = 500", "online = true\nn_train = 500",
+         "pretrain.train.n_train: must be omitted when pretrain.train.online = true"),
+        ("steps = 100", "steps = 120", "pretrain.train.steps: must be a multiple of"),
+        ("batch_size = 8", "batch_size = 0", "pretrain.train.batch_size: must be ≥ 1"),
+        ('name = "adam"\nlr = 1e-3', "lr = 1e-3", "pretrain.optim.name: required key missing"),
+    ],
+)
+def test_pretrain_errors_name_the_field(tmp_path, old, new, expected):
+    assert old in PRETRAIN
+    text = BASE.replace("[sweep]\n", PRETRAIN.replace(old, new, 1) + "\n[sweep]\n", 1)
+    msg = error(tmp_path, text)
+    assert msg.startswith(expected), msg

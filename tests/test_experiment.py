@@ -92,3 +92,89 @@ def test_run_cell_records_and_checkpoints(tmp_path):
     assert {r["seed"] for r in res.records} == {0, 1}
     assert {r["step"] for r in res.records} == {0, 10, 20}
     assert "checkpoints.msgpack" in res.files and not res.diverged
+
+
+STAGED = """
+[experiment]
+name = "staged"
+
+[task]
+kind = "graph_fig1_finetune"
+L = 2
+m = 12
+edge_order = "sorted"
+
+[model]
+kind = "transformer"
+layers = 1
+heads = 1
+width = 16
+
+[optim]
+name = "adam"
+lr = 1e-3
+
+[train]
+steps = 4
+batch_size = 4
+online = true
+eval_every = 2
+eval_samples = 32
+Ns = [2, 4]
+pass_at = [4]
+select_samples = 16
+
+[pretrain.task]
+kind = "graph_fig1_pretrain"
+L = 2
+m = 12
+edge_order = "sorted"
+
+[pretrain.optim]
+name = "adam"
+lr = 1e-2
+
+[pretrain.train]
+steps = 6
+batch_size = 4
+n_train = 40
+eval_every = 3
+eval_samples = 32
+Ns = [2]
+
+[sweep]
+seeds = 2
+vmap_seeds = true
+"""
+
+
+def test_pretrain_stage_then_main_stage(tmp_path):
+    """[pretrain] runs first, then the main stage from its final parameters. Records carry their
+    stage; select_logq.npy holds (seeds, checkpoints, select_samples); a mixture task gets
+    its per-class summary. (That the main stage starts from the given parameters is
+    tested on the trainer: test_train.py::test_warm_start_continues_from_given_params.)"""
+    import io
+
+    import numpy as np
+
+    p = tmp_path / "staged.toml"
+    p.write_text(STAGED)
+    cfg = load_config(p, None)
+    (cell,) = expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=True)
+    res = run_cell(cfg, cell)
+    pre = [r for r in res.records if r["stage"] == "pretrain"]
+    main = [r for r in res.records if r["stage"] == "main"]
+    assert len(pre) == 2 * 3 and len(main) == 2 * 3
+    logq = np.load(io.BytesIO(res.files["select_logq.npy"]))
+    assert logq.shape == (2, 3, 16) and np.all(logq <= 0)
+    assert np.asarray(res.summary["per_class"]["kl"]).shape == (2, 2)
+
+
+def test_pretrain_sizes_must_match(tmp_path):
+    p = tmp_path / "staged.toml"
+    old, new = '"graph_fig1_pretrain"\nL = 2\nm = 12', '"graph_fig1_pretrain"\nL = 4\nm = 20'
+    p.write_text(STAGED.replace(old, new))
+    cfg = load_config(p, None)
+    (cell,) = expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=True)
+    with pytest.raises(ValueError, match="pretrain.task"):
+        run_cell(cfg, cell)

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -39,8 +38,15 @@ from flax import nnx
 from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
 from covsim.config import Config
-from covsim.experiment import build_optimizer, build_task, cell_keys, runner, train_spec
-from covsim.models import log_prob
+from covsim.experiment import (  # noqa: F401  (class_log_ratios: re-exported for tests)
+    build_optimizer,
+    build_task,
+    cell_keys,
+    class_log_ratios,
+    per_class_summary,
+    runner,
+    train_spec,
+)
 from covsim.models.tabular import Tabular, class_radices, prompt_radices
 from covsim.results import RunResult, read_metrics, read_summaries
 from covsim.sweep import Cell
@@ -87,24 +93,6 @@ def tabular_model_fn(cfg: Config, task):
     return model_fn
 
 
-def class_log_ratios(trainer, params, task: Mixture, key, m: int) -> jax.Array:
-    """r = log π_D − log π̂ on m fresh samples of each class, for each seed's parameters:
-    params with a leading seed axis S -> (K, S, m). One compiled function serves every class
-    (a class is the mixture with one-hot weights); seeds run one after another (memory)."""
-
-    @jax.jit
-    def one(mix, k):
-        x, y = mix.sample(k, m)
-        lp = mix.log_prob(x, y)
-        return jax.lax.map(lambda p: lp - log_prob(trainer.model(p), x, y), params)
-
-    out = []
-    for c in range(task.K):
-        mix = Mixture(task.components, np.eye(task.K)[c])
-        out.append(one(mix, jax.random.fold_in(key, c)))
-    return jnp.stack(out)
-
-
 @runner("train_tabular")
 def run_train_tabular(cfg: Config, cell: Cell) -> RunResult:
     """The trainer with a Tabular learner whose prompt code fits the task (see module doc);
@@ -126,13 +114,9 @@ def run_train_tabular(cfg: Config, cell: Cell) -> RunResult:
     }
     if isinstance(task, Mixture):
         key = jax.random.fold_in(jax.random.key(keys[0]), 0x5EED)
-        r = np.asarray(class_log_ratios(trainer, out.params, task, key, spec.eval_samples))
-        summary["per_class"] = {
-            "weights": np.asarray(task.weights).tolist(),
-            "kl": r.mean(-1).tolist(),  # (K, S) sequence KL of each class
-            "kl_token": (r.mean(-1) / task.H).tolist(),
-            "cov": {N: (r >= math.log(N)).mean(-1).tolist() for N in spec.Ns},
-        }
+        summary["per_class"] = per_class_summary(
+            trainer, out.params, task, key, spec.eval_samples, spec.Ns
+        )
     diverged = bool(np.any(dv >= 0))
     return RunResult(records, summary, diverged=diverged,
                      diverged_step=int(dv[dv >= 0].min()) if diverged else None)
@@ -147,10 +131,10 @@ def _eval_setup(d: Path) -> tuple[int, float]:
     return int(cfg["train"]["eval_samples"]), float(cfg["train"].get("alpha", 0.05))
 
 
-def finals(df: pd.DataFrame) -> pd.DataFrame:
-    """The last evaluation of every (H, seed): one row each."""
-    last = df.groupby([H_COL, "seed"])["step"].transform("max")
-    return df[df["step"] == last].sort_values([H_COL, "seed"])
+def finals(df: pd.DataFrame, by: str = H_COL) -> pd.DataFrame:
+    """The last evaluation of every (`by` value, seed): one row each."""
+    last = df.groupby([by, "seed"])["step"].transform("max")
+    return df[df["step"] == last].sort_values([by, "seed"])
 
 
 def wilson_half_width(p: float, n: float, alpha: float) -> float:
@@ -172,52 +156,81 @@ def _z(alpha: float) -> float:
     return (lo + hi) / 2
 
 
-def _per_class(d: Path) -> dict[int, dict[str, Any]]:
-    """H -> per-class medians over seeds (kl_token, cov@N_COV), from the summaries."""
+def per_class_arrays(d: Path, by: str = H_COL, N: int = N_COV) -> dict[int, dict[str, Any]]:
+    """`by` value -> the runner's per-class summary with the seeds of every finished cell at
+    that value side by side: weights (K,), kl, kl_token and cov@N (K, S) arrays."""
     s = read_summaries(d)
     s = s[s["status"].isin(["done", "diverged"])]
-    out = {}
+    out: dict[int, dict[str, Any]] = {}
     for _, row in s.iterrows():
         kt = row.get("per_class.kl_token")
-        cov = row.get("per_class.cov")
         if not isinstance(kt, list):
             continue
-        covN = cov.get(N_COV, cov.get(float(N_COV))) if isinstance(cov, dict) else None
-        out[int(row[H_COL])] = {
-            "weights": row["per_class.weights"],
-            "kl_token": [float(np.nanmedian(v)) for v in kt],
-            "cov": None if covN is None else [float(np.nanmedian(v)) for v in covN],
-        }
+        cov = row.get("per_class.cov")
+        covN = cov.get(N, cov.get(float(N))) if isinstance(cov, dict) else None
+        parts = {"kl": row.get("per_class.kl"), "kl_token": kt, "cov": covN}
+        cur = out.setdefault(int(row[by]), {"weights": np.asarray(row["per_class.weights"])})
+        for k, v in parts.items():
+            if v is None or (k in cur and cur[k] is None):
+                cur[k] = None
+                continue
+            v = np.asarray(v, float)
+            cur[k] = v if k not in cur else np.concatenate([cur[k], v], axis=1)
     return out
+
+
+def per_class_medians(d: Path, by: str = H_COL, N: int = N_COV) -> dict[int, dict[str, Any]]:
+    """`by` value -> per-class medians over seeds (kl_token, cov@N), from the summaries."""
+    med = lambda a: None if a is None else [float(np.nanmedian(v)) for v in a]
+    return {h: {"weights": a["weights"].tolist(), "kl_token": med(a["kl_token"]),
+                "cov": med(a["cov"])}
+            for h, a in per_class_arrays(d, by, N).items()}
 
 
 # ---- check -----------------------------------------------------------------------------------
 
 
+def length_stats(d: Path, by: str, N: int) -> dict[str, Any] | None:
+    """Final KL and Cov_N against a length axis `by` (a sweep column) in sweep directory d:
+    per-value medians over seeds, the linear fit of KL, and the spread of the Cov_N medians
+    with its tolerance (COV_SPREAD_MULT × the pooled Wilson half-width). None if no results."""
+    df = read_metrics(d)
+    col = f"cov@{N}"
+    if df.empty or col not in df.columns or by not in df.columns:
+        return None
+    status = read_summaries(d)["status"]
+    fin = finals(df, by)
+    Hs = sorted(int(h) for h in fin[by].unique())
+    kl_med = [float(np.nanmedian(fin.loc[fin[by] == h, "kl"])) for h in Hs]
+    cov_med = [float(np.nanmedian(fin.loc[fin[by] == h, col])) for h in Hs]
+    seeds = [int(fin.loc[fin[by] == h, "kl"].notna().sum()) for h in Hs]
+    slope, icpt, r2 = plots.linear_fit(Hs, kl_med)
+    m, alpha = _eval_setup(d)
+    hw = [wilson_half_width(float(np.nanmean(fin.loc[fin[by] == h, col])), s * m, alpha)
+          for h, s in zip(Hs, seeds, strict=True)]
+    return {
+        "H": Hs, "kl_med": kl_med, "cov_med": cov_med, "seeds": seeds,
+        "slope": slope, "icpt": icpt, "r2": r2,
+        "expo": plots.loglog_fit(Hs, kl_med)[0],
+        "r2_sqrt": plots.linear_fit(Hs, np.sqrt(Hs))[2],
+        "tol": COV_SPREAD_MULT * float(np.mean(hw)),
+        "spread": max(cov_med) - min(cov_med),
+        "eval_samples": m, "alpha": alpha,
+        "missing": int((~status.isin(["done", "diverged"])).sum()),
+    }
+
+
 def check(dirs: Dirs) -> Verdict:
     d = Path(dirs[NAME])
-    df = read_metrics(d)
-    col = f"cov@{N_COV}"
-    if df.empty or col not in df.columns or H_COL not in df.columns:
+    st = length_stats(d, H_COL, N_COV)
+    if st is None:
         return Verdict(NAME, False, "no results on disk", "results for every H", note=str(d))
-    status = read_summaries(d)["status"]
-    missing = int((~status.isin(["done", "diverged"])).sum())
-    fin = finals(df)
-    Hs = sorted(int(h) for h in fin[H_COL].unique())
-    kl_med = [float(np.nanmedian(fin.loc[fin[H_COL] == h, "kl"])) for h in Hs]
-    cov_med = [float(np.nanmedian(fin.loc[fin[H_COL] == h, col])) for h in Hs]
-    seeds = [int(fin.loc[fin[H_COL] == h, "kl"].notna().sum()) for h in Hs]
-    slope, icpt, r2 = plots.linear_fit(Hs, kl_med)
-    expo, _, _ = plots.loglog_fit(Hs, kl_med)
-    _, _, r2_sqrt = plots.linear_fit(Hs, np.sqrt(Hs))
+    Hs, kl_med, cov_med, seeds = st["H"], st["kl_med"], st["cov_med"], st["seeds"]
+    slope, icpt, r2, expo, r2_sqrt = st["slope"], st["icpt"], st["r2"], st["expo"], st["r2_sqrt"]
+    tol, spread, m, alpha, missing = (st[k] for k in
+                                      ("tol", "spread", "eval_samples", "alpha", "missing"))
 
-    m, alpha = _eval_setup(d)
-    hw = [wilson_half_width(float(np.nanmean(fin.loc[fin[H_COL] == h, col])), s * m, alpha)
-          for h, s in zip(Hs, seeds, strict=True)]
-    tol = COV_SPREAD_MULT * float(np.mean(hw))
-    spread = max(cov_med) - min(cov_med)
-
-    pc = _per_class(d)
+    pc = per_class_medians(d)
     rare_kl = [max(pc[h]["kl_token"]) for h in Hs if h in pc]
     rare_ok = len(rare_kl) == len(Hs) and min(rare_kl) >= RARE_TOKEN_KL_MIN
 
@@ -257,35 +270,36 @@ def check(dirs: Dirs) -> Verdict:
 # ---- figure ----------------------------------------------------------------------------------
 
 
-def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
-    """Fig. 2 analogue: KL, Cov_16 and KL/Cov_16 against training step, one line per H
-    (median over seeds, band = 1/16–15/16 quantiles)."""
-    d = Path(dirs[NAME])
+def length_figure(d: Path, by: str, N: int, label_fmt: str, xlabel: str, title: str,
+                  fit_label: str = "final KL"):
+    """Fig. 2's three panels from sweep directory d: KL, Cov_N and KL/Cov_N against training
+    step, one line per value of the length axis `by` (median over seeds, band = 1/16–15/16
+    quantiles), with the linear fit of the final KL; returns the matplotlib figure."""
     df = read_metrics(d)
-    col = f"cov@{N_COV}"
+    col = f"cov@{N}"
     df = df.assign(ratio=df["kl"] / df[col].where(df[col] > 0))
-    fin = finals(df)
-    Hs = sorted(int(h) for h in fin[H_COL].unique())
-    kl_med = [float(np.nanmedian(fin.loc[fin[H_COL] == h, "kl"])) for h in Hs]
+    fin = finals(df, by)
+    Hs = sorted(int(h) for h in fin[by].unique())
+    kl_med = [float(np.nanmedian(fin.loc[fin[by] == h, "kl"])) for h in Hs]
     slope, icpt, r2 = plots.linear_fit(Hs, kl_med)
-    seeds = int(fin.groupby(H_COL)["seed"].nunique().min())
+    seeds = int(fin.groupby(by)["seed"].nunique().min())
 
     fig, axs = plt.subplots(1, 3, figsize=(14, 4.2))
     panels = [
         ("kl", "sequence KL(π_D ‖ π̂) [nats]", True),
-        (col, f"Cov_{N_COV} (π_D mass with π_D/π̂ ≥ {N_COV})", False),
-        ("ratio", f"KL / Cov_{N_COV} [nats]", True),
+        (col, f"Cov_{N} (π_D mass with π_D/π̂ ≥ {N})", False),
+        ("ratio", f"KL / Cov_{N} [nats]", True),
     ]
     for ax, (y, label, logy) in zip(axs, panels, strict=True):
-        plots.band_plot(ax, df, "step", y, by=H_COL, q=BAND, label_fmt="H = {value}",
+        plots.band_plot(ax, df, "step", y, by=by, q=BAND, label_fmt=label_fmt,
                         logy=logy, marker=".", ms=3)
-        ax.set_xlabel("training step (Adam)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
     axs[1].set_ylim(0, 1)
     # the final plateau of Cov_N is what the claim is about: a zoomed inset
     ins = axs[1].inset_axes([0.38, 0.35, 0.58, 0.55])
-    plots.band_plot(ins, df[df["step"] > 0], "step", col, by=H_COL, q=BAND, marker=".", ms=2)
+    plots.band_plot(ins, df[df["step"] > 0], "step", col, by=by, q=BAND, marker=".", ms=2)
     ins.set_xlabel("")
     ins.set_ylabel("")
     ins.tick_params(labelsize=7)
@@ -295,14 +309,21 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     ins.set_ylim(max(0.0, lo - pad), hi + pad)
     ins.set_title("zoom: steps > 0", fontsize=7)
     ins.grid(alpha=0.3)
-    fit = f"final KL ≈ {slope:.3f}·H {icpt:+.2f} (R² {r2:.3f})"
+    fit = f"{fit_label} ≈ {slope:.3f}·H {icpt:+.2f} (R² {r2:.3f})"
     axs[0].plot([], [], " ", label=fit)
     axs[0].legend(fontsize=7)
     axs[2].legend(fontsize=7)
-    fig.suptitle(
+    fig.suptitle(f"{title}; median over {seeds} seeds, band = 1/16–15/16 quantiles",
+                 fontsize=9)
+    return fig
+
+
+def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
+    """Fig. 2 analogue: KL, Cov_16 and KL/Cov_16 against training step, one line per H."""
+    fig = length_figure(
+        Path(dirs[NAME]), H_COL, N_COV, "H = {value}", "training step (Adam)",
         f"Sequence KL grows with H, Cov_{N_COV} does not: mixture (0.94 learnable, 0.05 "
-        f"unlearnable per-prompt rule, 0.01 stochastic); median over {seeds} seeds, band = "
-        f"1/16–15/16 quantiles", fontsize=9,
+        "unlearnable per-prompt rule, 0.01 stochastic)",
     )
     return [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
 
