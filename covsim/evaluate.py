@@ -59,8 +59,9 @@ def evaluate(
     """All checkpoint metrics of `model` on `eval_set`, chunked over samples to bound memory.
 
     Pass@N is exact, 1 − (1 − π̂(S_x|x))^N averaged over the eval prompts, for tasks that
-    expose their good set S_x as `task.good_set(prompts) -> ((n, G, H), mask (n, G))`."""
-    ex, ey, lp_true = eval_set
+    expose their good set S_x as `task.good_set(prompts) -> ((n, G, H), mask (n, G))`.
+    Items of `eval_set` after the first three (the trainer's selection set) are ignored."""
+    ex, ey, lp_true = eval_set[:3]
 
     def one_chunk(x, y):
         q = model(x, y)  # (c, H, V)
