@@ -15,6 +15,7 @@ executor can pickle them.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from collections.abc import Callable
@@ -240,6 +241,12 @@ def run_train(cfg: Config, cell: Cell) -> RunResult:
     coords = {"stage": "main"} if cfg.pretrain is not None else None
     records = pre_records + to_records(out, spec, coords=coords, seeds=cell.seeds)
     result = _result(out, records, spec, cfg)
+    if cfg.pretrain is not None:  # a seed that diverged in pre-training counts as diverged
+        pdv = np.asarray(pout.diverged_step).reshape(-1)
+        result.summary["pretrain_diverged_steps"] = pdv.tolist()
+        if np.any(pdv >= 0) and not result.diverged:
+            result = dataclasses.replace(result, diverged=True,
+                                         diverged_step=int(pdv[pdv >= 0].min()))
     if is_mixture(task):
         key = jax.random.fold_in(keys[0], _PER_CLASS_STREAM)
         result.summary["per_class"] = per_class_summary(

@@ -168,6 +168,7 @@ def test_pretrain_stage_then_main_stage(tmp_path):
     logq = np.load(io.BytesIO(res.files["select_logq.npy"]))
     assert logq.shape == (2, 3, 16) and np.all(logq <= 0)
     assert np.asarray(res.summary["per_class"]["kl"]).shape == (2, 2)
+    assert res.summary["pretrain_diverged_steps"] == [-1, -1] and not res.diverged
 
 
 def test_pretrain_sizes_must_match(tmp_path):
