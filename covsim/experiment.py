@@ -215,7 +215,15 @@ def _sizes(task: Task) -> tuple[int, int, int, int]:
 def run_train(cfg: Config, cell: Cell) -> RunResult:
     """Train every seed of the cell (vmapped) and score each checkpoint against π_D; with a
     [pretrain] stage, first train the same seeds on its task and start from their final
-    parameters (its checkpoints are recorded too, with "stage": "pretrain")."""
+    parameters (its checkpoints are recorded too, with "stage": "pretrain"). For a mixture
+    task the summary also holds each class's final KL and Cov_N ("per_class")."""
+    return train_cell(cfg, cell)
+
+
+def train_cell(cfg: Config, cell: Cell, model_fn_of=None) -> RunResult:
+    """`run_train` with the learner built by `model_fn_of(cfg, task) -> (key -> model)`
+    (default `build_model_fn`): runners with their own learner plumbing reuse the rest."""
+    model_fn_of = model_fn_of or build_model_fn
     task = build_task(cfg)
     spec = train_spec(cfg)
     keys = jnp.stack([jax.random.key(k) for k in cell_keys(cell)])
@@ -230,13 +238,13 @@ def run_train(cfg: Config, cell: Cell) -> RunResult:
             )
         pspec = train_spec(pcfg)
         ptrainer = make_train(
-            ptask, build_model_fn(pcfg, ptask), build_optimizer(pcfg, ptask), pspec
+            ptask, model_fn_of(pcfg, ptask), build_optimizer(pcfg, ptask), pspec
         )
         pkeys = jax.vmap(lambda k: jax.random.fold_in(k, _PRETRAIN_STREAM))(keys)
         pout = run_seeds(ptrainer, pkeys, mode="vmap")
         pre_records = to_records(pout, pspec, coords={"stage": "pretrain"}, seeds=cell.seeds)
         params0 = pout.params
-    trainer = make_train(task, build_model_fn(cfg, task), build_optimizer(cfg, task), spec)
+    trainer = make_train(task, model_fn_of(cfg, task), build_optimizer(cfg, task), spec)
     out = run_seeds(trainer, keys, mode="vmap", params=params0)
     coords = {"stage": "main"} if cfg.pretrain is not None else None
     records = pre_records + to_records(out, spec, coords=coords, seeds=cell.seeds)

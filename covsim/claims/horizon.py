@@ -39,19 +39,14 @@ from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
 from covsim.config import Config
 from covsim.experiment import (  # noqa: F401  (class_log_ratios: re-exported for tests)
-    build_optimizer,
-    build_task,
-    cell_keys,
     class_log_ratios,
-    per_class_summary,
     runner,
-    train_spec,
+    train_cell,
 )
 from covsim.models.tabular import Tabular, class_radices, prompt_radices
 from covsim.results import RunResult, read_metrics, read_summaries
 from covsim.sweep import Cell
 from covsim.tasks.mixture import Mixture
-from covsim.train import make_train, run_seeds, to_records
 
 NAME = "horizon"
 H_COL = "task.H"
@@ -95,31 +90,9 @@ def tabular_model_fn(cfg: Config, task):
 
 @runner("train_tabular")
 def run_train_tabular(cfg: Config, cell: Cell) -> RunResult:
-    """The trainer with a Tabular learner whose prompt code fits the task (see module doc);
-    for a Mixture, the summary also holds each class's final KL and Cov_N per seed."""
-    task = build_task(cfg)
-    spec = train_spec(cfg)
-    trainer = make_train(task, tabular_model_fn(cfg, task), build_optimizer(cfg, task), spec)
-    keys = cell_keys(cell)
-    out = run_seeds(trainer, keys, mode="vmap")
-    records = to_records(out, spec, seeds=cell.seeds)
-    last = jax.tree.map(lambda a: np.asarray(a)[:, -1], out.metrics)
-    dv = np.asarray(out.diverged_step).reshape(-1)
-    summary: dict[str, Any] = {
-        "final": {
-            "kl": last.kl.tolist(),
-            "cov": {N: last.cov[:, i].tolist() for i, N in enumerate(spec.Ns)},
-        },
-        "diverged_steps": dv.tolist(),
-    }
-    if isinstance(task, Mixture):
-        key = jax.random.fold_in(jax.random.key(keys[0]), 0x5EED)
-        summary["per_class"] = per_class_summary(
-            trainer, out.params, task, key, spec.eval_samples, spec.Ns
-        )
-    diverged = bool(np.any(dv >= 0))
-    return RunResult(records, summary, diverged=diverged,
-                     diverged_step=int(dv[dv >= 0].min()) if diverged else None)
+    """The "train" runner with a Tabular learner whose prompt code fits the task (see module
+    doc); for a Mixture, the summary also holds each class's final KL and Cov_N per seed."""
+    return train_cell(cfg, cell, tabular_model_fn)
 
 
 # ---- reading results -------------------------------------------------------------------------
