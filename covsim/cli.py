@@ -6,18 +6,22 @@
                  [--workers K] [--force]           the grid over [sweep.axes], resumable
     covsim plot DIR [--out FOLDER]                 figures from a run or sweep directory
     covsim reproduce CLAIM|--all [--profile P] [--out RUNS] [--figures FOLDER] [--report FILE]
-                 [--executor ...] [--workers K]    run (resume) the claim's sweeps, draw, judge
+                 [--update-repo] [--executor ...] [--workers K]
+                                                   run (resume) the claim's sweeps, draw, judge
     covsim demo [--out DIR] [--set ...]            a one-minute tour (coverage table, KL)
     covsim -q ...                                  no progress bars
 
 Outputs: runs and sweeps go to runs/<profile>/<experiment name> unless --out (`reproduce`:
-<RUNS>/<profile>/<experiment>, resumed, cells whose config changed redone); figures to
-figures/; `plot` draws the claim's own figure when the directory's experiment is the claim's
-only one, else `covsim.plots.plot_run`. `reproduce` updates REPRODUCTION.md (one row per
-claim; rows of claims not run this time are kept), prints one verdict line per claim on
-stdout and exits 0 whether claims PASS or FAIL; it exits 1 when something broke (a failed
-cell, a check that raised: an "ERROR claim: ..." line) and 2 on a bad config of a single
-CLAIM (with --all, that claim gets an ERROR line and the others run).
+<RUNS>/<profile>/<experiment>, resumed, cells whose config changed redone). Nothing is
+written outside the output folders unless asked: `plot` draws into DIR/figures/, and
+`reproduce` writes its figures to <RUNS>/figures/ and its report to <RUNS>/REPRODUCTION.md
+(one row per claim; rows of claims not run this time are kept). `reproduce --update-repo`
+writes them to the checkout's committed figures/ and REPRODUCTION.md instead. `plot` draws
+the claim's own figure when the directory's experiment is the claim's only one, else
+`covsim.plots.plot_run`. `reproduce` prints one verdict line per claim on stdout and exits 0
+whether claims PASS or FAIL; it exits 1 when something broke (a failed cell, a check that
+raised: an "ERROR claim: ..." line) and 2 on a bad config of a single CLAIM (with --all,
+that claim gets an ERROR line and the others run).
 
 Exit codes: 0 fine, 1 an error while running, 2 a bad config or command line (one line on
 stderr naming the field, no traceback).
@@ -140,6 +144,27 @@ def _default_out(cfg: Config, profile: str) -> Path:
     return Path(RUNS) / profile / cfg.experiment.name
 
 
+def checkout_root() -> Path:
+    """The source checkout covsim runs from (an editable install): the folder above the
+    package that holds pyproject.toml and the committed REPRODUCTION.md."""
+    root = Path(__file__).resolve().parents[1]
+    if not ((root / "pyproject.toml").is_file() and (root / REPORT).is_file()):
+        raise UsageError(
+            f"--update-repo: covsim is not running from a source checkout (no pyproject.toml "
+            f"and {REPORT} in {root}); give --report FILE and --figures FOLDER instead"
+        )
+    return root
+
+
+def _report_paths(args) -> tuple[Path, Path]:
+    """(figures folder, report file) of `reproduce`: in the runs folder unless --update-repo
+    (the checkout's committed ones); --figures / --report override either."""
+    base = checkout_root() if args.update_repo else Path(args.out)
+    figures = Path(args.figures) if args.figures else base / FIGURES
+    report = Path(args.report) if args.report else base / REPORT
+    return figures, report
+
+
 # ---------------------------------------------------------------------------------------------
 # Commands
 
@@ -241,7 +266,7 @@ def cmd_plot(args) -> int:
         raise UsageError(f"DIR: {d} is not a run or sweep directory (no config.toml)")
     exp = tomllib.loads((d / "config.toml").read_text("utf-8")).get("experiment", {})
     claim = CLAIMS.get(exp.get("claim", ""))
-    out = Path(args.out)
+    out = Path(args.out) if args.out else d / FIGURES
     if claim is not None and tuple(claim.experiments) == (exp.get("name"),):
         files = claim.figure({exp["name"]: d}, out)
     else:
@@ -259,6 +284,7 @@ def cmd_reproduce(args) -> int:
     names = list(CLAIMS) if args.all else [args.claim]
     if args.claim and args.claim not in CLAIMS:
         raise UsageError(f"CLAIM: unknown claim {args.claim!r}; allowed: {', '.join(CLAIMS)}")
+    figures_dir, report = _report_paths(args)
     exp_dir = experiments_dir()
     cfgs: dict[str, Config | Exception] = {}  # validate every experiment before running any
     for name in names:
@@ -292,7 +318,7 @@ def cmd_reproduce(args) -> int:
                 )
                 if failed:
                     raise RuntimeError(f"{len(failed)} failed cell(s) in {e}: {failed[0]}")
-            figs = claim.figure(dirs, Path(args.figures))
+            figs = claim.figure(dirs, figures_dir)
             verdict = claim.check(dirs)
         except Exception as err:  # one claim's failure must not stop the others
             errors += 1
@@ -301,9 +327,9 @@ def cmd_reproduce(args) -> int:
             continue
         secs = time.perf_counter() - t0
         print(f"{verdict.line()} [{args.profile}, {secs:.0f} s]", flush=True)
-        rows[name] = _report_row(claim, verdict, figs, args)
+        rows[name] = _report_row(claim, verdict, figs, args.profile, report)
     if rows:
-        update_report(Path(args.report), rows)
+        update_report(report, rows)
     return 1 if errors else 0
 
 
@@ -374,8 +400,9 @@ def _n(N: float) -> str:
 REPORT_HEAD = """# Reproduction
 
 Every claim of the paper that covsim checks, with the command that reproduces it, its figure,
-what was measured and the verdict. Generated by `covsim reproduce` (rows of claims not run in
-the latest call are kept from before); numbers come from the result files under `runs/`.
+what was measured and the verdict. Generated by `covsim reproduce --update-repo` (rows of
+claims not run in the latest call are kept from before); numbers come from the result files
+under `runs/`.
 
 | claim | paper reference | command | figure | what we measured | verdict |
 |---|---|---|---|---|---|
@@ -390,8 +417,8 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _report_row(claim, verdict, figs, args) -> str:
-    report_dir = Path(args.report).resolve().parent
+def _report_row(claim, verdict, figs, profile: str, report: Path) -> str:
+    report_dir = report.resolve().parent
     links = []
     for f in figs:
         f = Path(f).resolve()
@@ -403,10 +430,10 @@ def _report_row(claim, verdict, figs, args) -> str:
     cells = [
         f"`{claim.name}`",
         _cell(f"{claim.paper_ref}: {claim.title}"),
-        f"`covsim reproduce {claim.name} --profile {args.profile}`",
+        f"`covsim reproduce {claim.name} --profile {profile}`",
         "<br>".join(links) or "—",
         _cell(verdict.statistic + note),
-        f"{tag} ({args.profile} profile, {date}); threshold: " + _cell(verdict.threshold),
+        f"{tag} ({profile} profile, {date}); threshold: " + _cell(verdict.threshold),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -478,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("plot", help="draw the figures of a run or sweep directory")
     sp.add_argument("dir", metavar="DIR")
-    sp.add_argument("--out", default=FIGURES, metavar="FOLDER", help="default figures/")
+    sp.add_argument("--out", metavar="FOLDER", help="default DIR/figures/")
     sp.set_defaults(fn=cmd_plot)
 
     sp = sub.add_parser("reproduce", help="run a claim's experiments, draw, print the verdict")
@@ -486,8 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="every registered claim")
     sp.add_argument("--profile", choices=PROFILES, default="quick")
     sp.add_argument("--out", default=RUNS, metavar="DIR", help="runs root (default runs/)")
-    sp.add_argument("--figures", default=FIGURES, metavar="FOLDER", help="default figures/")
-    sp.add_argument("--report", default=REPORT, metavar="FILE", help="default REPRODUCTION.md")
+    sp.add_argument("--figures", metavar="FOLDER", help="default RUNS/figures/")
+    sp.add_argument("--report", metavar="FILE", help="default RUNS/REPRODUCTION.md")
+    sp.add_argument(
+        "--update-repo",
+        action="store_true",
+        help="write figures and report to the checkout's committed figures/ and REPRODUCTION.md",
+    )
     sp.add_argument("--executor", choices=EXECUTORS, default="local")
     sp.add_argument("--workers", type=_positive, default=1, metavar="K")
     sp.set_defaults(fn=cmd_reproduce)

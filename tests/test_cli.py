@@ -9,7 +9,6 @@ CLI switches on makes cheap on reruns.
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -130,11 +129,20 @@ def test_bad_command_line_values_exit_2(tmp_path, capsys):
     assert e.value.code == 2
 
 
+def console_script() -> Path:
+    """The `covsim` script installed beside the interpreter running the tests (the venv's
+    bin/), never one found on the caller's PATH."""
+    return Path(sys.executable).parent / ("covsim.exe" if os.name == "nt" else "covsim")
+
+
 def test_console_script_reports_config_error(tmp_path):
-    exe = shutil.which("covsim")
-    assert exe, "the covsim console script is not installed (pip install -e .)"
+    exe = console_script()
+    assert exe.is_file(), f"the covsim console script is not installed at {exe} (pip install -e .)"
     cfg = _tiny(tmp_path, edit=MALFORMED["negative H"][0])
-    p = subprocess.run([exe, "sweep", str(cfg)], capture_output=True, text=True, timeout=120)
+    env = {"PATH": os.defpath, "HOME": str(tmp_path)}  # nothing of the caller's environment
+    p = subprocess.run(
+        [str(exe), "sweep", str(cfg)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert p.returncode == 2 and p.stderr == "task.H: must be ≥ 1, got -3\n", p.stderr
 
 
@@ -215,7 +223,10 @@ def toy_claims(tmp_path, monkeypatch):
 
 
 def test_reproduce_prints_verdicts_draws_and_updates_the_report(toy_claims, capsys):
-    report = toy_claims / "REPRODUCTION.md"
+    """Figures and report go to the runs folder (runs/figures, runs/REPRODUCTION.md): nothing
+    outside it is written unless --update-repo asks."""
+    (toy_claims / "runs").mkdir()
+    report = toy_claims / "runs" / "REPRODUCTION.md"
     report.write_text(
         "old\n| `other_claim` | ref | cmd | fig | kept | **PASS** |\n"
         "| `toy_fail` | ref | cmd | fig | stale | **PASS** |\n"
@@ -223,8 +234,9 @@ def test_reproduce_prints_verdicts_draws_and_updates_the_report(toy_claims, caps
     assert main(["-q", "reproduce", "toy_fail"]) == 0  # a FAIL verdict is not an error
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and out[0].startswith("FAIL toy_fail: max KL ")
-    assert (toy_claims / "figures" / "toy_fail.png").is_file()
+    assert (toy_claims / "runs" / "figures" / "toy_fail.png").is_file()
     assert (toy_claims / "runs" / "quick" / "tiny" / "manifest.json").is_file()
+    assert sorted(p.name for p in toy_claims.iterdir()) == ["experiments", "runs"]
     rows = read_report_rows(report)
     assert set(rows) == {"other_claim", "toy_fail"} and "stale" not in rows["toy_fail"]
     assert "[toy_fail.png](figures/toy_fail.png)" in rows["toy_fail"]
@@ -256,6 +268,31 @@ def test_reproduce_prints_verdicts_draws_and_updates_the_report(toy_claims, caps
     assert capsys.readouterr().err.startswith("CONFIG: no such file")
 
 
+def test_reproduce_update_repo_writes_the_checkouts_report_and_figures(
+    toy_claims, tmp_path_factory, monkeypatch, capsys
+):
+    from covsim import cli
+
+    repo = tmp_path_factory.mktemp("checkout")
+    (repo / "REPRODUCTION.md").write_text("# Reproduction\n")
+    monkeypatch.setattr(cli, "checkout_root", lambda: repo)
+    assert main(["-q", "reproduce", "toy_pass", "--update-repo"]) == 0
+    assert "toy_pass" in read_report_rows(repo / "REPRODUCTION.md")
+    assert (repo / "figures" / "toy_pass.png").is_file()
+    assert not (toy_claims / "runs" / "REPRODUCTION.md").exists()
+    assert "[toy_pass.png](figures/toy_pass.png)" in read_report_rows(repo / "REPRODUCTION.md")[
+        "toy_pass"
+    ]
+
+
+def test_update_repo_outside_a_checkout_is_a_usage_error(toy_claims, monkeypatch, capsys):
+    from covsim import cli
+
+    monkeypatch.setattr(cli, "__file__", str(toy_claims / "site-packages" / "covsim" / "cli.py"))
+    assert main(["-q", "reproduce", "toy_pass", "--update-repo"]) == 2
+    assert capsys.readouterr().err.startswith("--update-repo: covsim is not running from a source")
+
+
 def test_plot_uses_the_claims_figure_or_the_generic_one(toy_claims, capsys):
     cfg = toy_claims / "experiments" / "tiny.toml"
     assert main(["-q", "sweep", str(cfg)]) == 0
@@ -265,6 +302,8 @@ def test_plot_uses_the_claims_figure_or_the_generic_one(toy_claims, capsys):
     claims.CLAIMS.pop("toy_pass")
     assert main(["plot", str(d), "--out", "f2"]) == 0  # no claim: the generic figure
     assert (toy_claims / "f2" / "tiny.png").is_file()
+    assert main(["plot", str(d)]) == 0  # default: beside the results, not in the checkout
+    assert (d / "figures" / "tiny.png").is_file()
     assert main(["plot", str(toy_claims / "nothing")]) == 2
 
 
