@@ -11,8 +11,12 @@
     covsim demo [--out DIR] [--set ...]            a one-minute tour (coverage table, KL)
     covsim -q ...                                  no progress bars
 
-Outputs: runs and sweeps go to runs/<profile>/<experiment name> unless --out (`reproduce`:
-<RUNS>/<profile>/<experiment>, resumed, cells whose config changed redone). Nothing is
+Outputs: sweeps go to runs/<profile>/<experiment name>, runs to runs/<profile>/<name>-run,
+unless --out (`reproduce`: <RUNS>/<profile>/<experiment>, resumed, cells whose config changed
+redone). covsim writes only into a new or empty directory or one holding the same kind of
+result of the same experiment, one process at a time (`covsim.outdir`); a sweep of more
+than 1000 cells needs --yes. Ctrl-C / SIGTERM stop cleanly (exit 130 / 143): finished cells
+are kept, and rerunning the same command resumes. Nothing is
 written outside the output folders unless asked: `plot` draws into DIR/figures/, and
 `reproduce` writes its figures to <RUNS>/figures/ and its report to <RUNS>/REPRODUCTION.md
 (one row per claim; rows of claims not run this time are kept). `reproduce --update-repo`
@@ -23,8 +27,9 @@ whether claims PASS or FAIL; it exits 1 when something broke (a failed cell, a c
 raised: an "ERROR claim: ..." line) and 2 on a bad config of a single CLAIM (with --all,
 that claim gets an ERROR line and the others run).
 
-Exit codes: 0 fine, 1 an error while running, 2 a bad config or command line (one line on
-stderr naming the field, no traceback).
+Exit codes: 0 fine, 1 an error while running, 2 a bad config, command line, output path or
+corrupt result file (one line on stderr naming the field or file, no traceback), 130 / 143
+interrupted.
 
 JAX's persistent compilation cache is switched on (in $COVSIM_CACHE_DIR, default
 ~/.cache/covsim/jax) unless JAX_COMPILATION_CACHE_DIR is already set: reruns of an experiment
@@ -38,7 +43,9 @@ import datetime as dt
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Sequence
@@ -137,11 +144,15 @@ def _preflight(cfg: Config) -> None:
             msg = " ".join(str(e).split())
             where = prefix + section
             named = msg.startswith((f"{where}.", f"{where}:", "pretrain."))
+            if msg.startswith(("kind:", "name:")):  # the factory names its own field
+                msg, named = f"{where}.{msg}", True
             raise ConfigError(msg if named else f"{where}: {msg}") from None
 
 
-def _default_out(cfg: Config, profile: str) -> Path:
-    return Path(RUNS) / profile / cfg.experiment.name
+def _default_out(cfg: Config, profile: str, kind: str) -> Path:
+    """runs/<profile>/<name> for a sweep, runs/<profile>/<name>-run for a run: the two never
+    share a directory (covsim.outdir refuses to write one kind over the other)."""
+    return Path(RUNS) / profile / (cfg.experiment.name + ("-run" if kind == "run" else ""))
 
 
 def checkout_root() -> Path:
@@ -200,8 +211,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from covsim.outdir import owned_output
     from covsim.results import write_run
-    from covsim.sweep import cell_config, expand_grid
+    from covsim.sweep import cell_config, expand_grid, sweep_bytes
 
     cfg = _load(args.config, args.profile, args.set)
     if cfg.sweep.axes:
@@ -210,12 +222,14 @@ def cmd_run(args) -> int:
             f"{', '.join(cfg.sweep.axes)}; use `covsim sweep`, or --set 'sweep.axes={{}}'"
         )
     _preflight(cfg)
-    out = Path(args.out) if args.out else _default_out(cfg, args.profile)
+    out = Path(args.out) if args.out else _default_out(cfg, args.profile, "run")
     # One run: every seed in one cell, as sweep.vmap_seeds = true does.
     [cell] = expand_grid({}, cfg.sweep.seeds, vmap_seeds=True)
     t0 = time.perf_counter()
-    result = _cell_fn(cell_config(cfg, cell), cell)
-    write_run(out, cell_config(cfg, cell), result)
+    # owned (new, empty or a run of this experiment), locked and writable before compute
+    with owned_output(out, "run", cfg.experiment.name, need_bytes=sweep_bytes(cfg, [cell])):
+        result = _cell_fn(cell_config(cfg, cell), cell)
+        write_run(out, cell_config(cfg, cell), result)
     tag = f"diverged at step {result.diverged_step}" if result.diverged else "done"
     print(f"{cfg.experiment.name}: {tag} in {time.perf_counter() - t0:.1f} s -> {out}")
     return 0
@@ -232,10 +246,24 @@ def _sweep(cfg: Config, out: Path, *, executor="local", workers=1, force=False, 
     return manifest, failed
 
 
+#: A sweep with more cells than this starts only with --yes (a grid typo can mean days).
+CONFIRM_CELLS = 1000
+
+
 def cmd_sweep(args) -> int:
+    from covsim.sweep import expand_grid
+
     cfg = _load(args.config, args.profile, args.set)
     _preflight(cfg)
-    out = Path(args.out) if args.out else _default_out(cfg, args.profile)
+    out = Path(args.out) if args.out else _default_out(cfg, args.profile, "sweep")
+    n = len(expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds))
+    if n > CONFIRM_CELLS and not args.yes:
+        raise UsageError(
+            f"sweep: {n} cells (more than {CONFIRM_CELLS}); check sweep.axes and sweep.seeds, "
+            "then rerun with --yes to start it"
+        )
+    if not args.quiet:
+        print(f"{cfg.experiment.name}: {n} cells -> {out}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     manifest, failed = _sweep(
         cfg,
@@ -252,6 +280,8 @@ def cmd_sweep(args) -> int:
         f"{counts['diverged']} diverged, {counts['failed']} failed) in "
         f"{time.perf_counter() - t0:.1f} s -> {out}"
     )
+    for cid, why in manifest.get("redone_corrupt", {}).items():
+        print(f"redid corrupt cell {cid}: {why}", file=sys.stderr)
     for line in failed:
         print(f"failed cell {line}", file=sys.stderr)
     return 1 if failed else 0
@@ -501,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="reuse a directory holding another version of the sweep (redo changed cells)",
     )
+    sp.add_argument(
+        "--yes", action="store_true", help=f"start a sweep of more than {CONFIRM_CELLS} cells"
+    )
     sp.set_defaults(fn=cmd_sweep)
 
     sp = sub.add_parser("plot", help="draw the figures of a run or sweep directory")
@@ -541,19 +574,38 @@ def _positive(text: str) -> int:
     return v
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup (finally, with) runs as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _enable_compile_cache()
+    from covsim.outdir import OutputError
+    from covsim.results import CorruptResult
     from covsim.sweep import SweepError
 
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         return args.fn(args)
-    except (ConfigError, UsageError, SweepError) as e:
+    except (ConfigError, UsageError, SweepError, OutputError, CorruptResult) as e:
         msg = " ".join(str(e).split())
         if isinstance(e, SweepError):  # the library's keyword is this command's flag
             msg = msg.replace("force=True", "--force")
         print(msg, file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as e:
+        # finished cells are on disk and the manifest was written on the way out
+        print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

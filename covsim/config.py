@@ -123,8 +123,15 @@ class TrainSection(_Section):
     epochs: PosInt | None = None  # fixed dataset: stop after this many passes if before `steps`
     eval_every: PosInt
     eval_samples: PosInt
-    Ns: Annotated[list[Annotated[float, Field(ge=1)]], Field(min_length=1)]
-    pass_at: list[PosInt] = Field(default_factory=list)
+    # Thresholds key the records' {N: value} mappings: a repeat would merge two columns.
+    Ns: Annotated[
+        list[Annotated[float, Field(ge=1, allow_inf_nan=False)]],
+        Field(min_length=1),
+        AfterValidator(lambda v: _no_repeats(v, "thresholds")),
+    ]
+    pass_at: Annotated[list[PosInt], AfterValidator(lambda v: _no_repeats(v, "Pass@N sizes"))] = (
+        Field(default_factory=list)
+    )
     loss: Literal["sequence", "token"] = "sequence"  # sequence- or token-level SGD (notes §3.4)
     alpha: Annotated[float, Field(gt=0, lt=1)] | None = None  # Cov_N intervals at level 1 - alpha
     eval_chunk: PosInt | None = None  # evaluation batch, bounds memory
@@ -140,6 +147,14 @@ class TrainSection(_Section):
             return self.steps
         evals = math.ceil(self.epochs * self.n_train / (self.batch_size * self.eval_every))
         return min(self.steps, evals * self.eval_every)
+
+
+def _no_repeats(values: list[Any], what: str) -> list[Any]:
+    seen = [float(v) for v in values]
+    dup = next((v for v in values if seen.count(float(v)) > 1), None)
+    if dup is not None:
+        raise PydanticCustomError("duplicate", "repeated {what} {v}", {"what": what, "v": dup})
+    return values
 
 
 def _axis(values: list[Any]) -> list[Any]:

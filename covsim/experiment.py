@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from covsim import metrics as M
 from covsim.checkpoint import checkpoint_bytes
 from covsim.config import Config
 from covsim.evaluate import chunked_log_prob
@@ -293,7 +293,8 @@ def per_class_summary(trainer, params, task: Task, key, m: int, Ns) -> dict[str,
         "weights": np.asarray(task.weights).tolist(),
         "kl": r.mean(-1).tolist(),  # (K, S)
         "kl_token": (r.mean(-1) / task.H).tolist(),
-        "cov": {N: (r >= math.log(N)).mean(-1).tolist() for N in Ns},
+        # the metrics' float32 threshold, so that a tie r = log N counts as in `coverage`
+        "cov": {N: (r >= np.asarray(M.log_threshold("Ns", N))).mean(-1).tolist() for N in Ns},
     }
 
 

@@ -26,6 +26,7 @@ kl_coverage_bound_simple, hellinger_coverage_bound, stopped_kl_coverage_bound, h
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import NamedTuple
 
 import jax
@@ -59,9 +60,11 @@ def coverage(r: Array, Ns: Array, weights: Array | None = None) -> Array:
     """Cov_N = P[r ≥ log N] for each N: r (n,), Ns (k,) or scalar -> shape of Ns.
 
     With weights w: Σ_i w_i 1[r_i ≥ log N] / Σ_i w_i. Non-increasing in N by construction (the
-    indicator is monotone in N); r = +inf counts as uncovered for every N."""
+    indicator is monotone in N); r = +inf counts as uncovered for every N. A tie r = log N
+    counts as uncovered (see `log_threshold`); a NaN r (possible only under jit, where values
+    are not checked) makes the result NaN: it is reported, never counted as covered."""
     _check_vector("r", r)
-    logN = jnp.log(_grid("Ns", Ns))
+    logN = log_threshold("Ns", Ns)
     w = _weights_or_none(weights, r)
     return _average(_hits(r, logN), w)
 
@@ -91,12 +94,12 @@ def coverage_profile(
         check_float("alpha", float(np.asarray(alpha)), 0.0, 1.0, low_open=True, high_open=True)
     N = _grid("Ns", Ns)
     w = _weights_or_none(weights, r)
-    cov = _average(_hits(r, jnp.log(N)), w)
+    cov = _average(_hits(r, log_threshold("Ns", Ns)), w)
     if w is None:
         n = jnp.asarray(np.shape(r)[0], f32)
     else:
         n = jnp.sum(w) ** 2 / jnp.sum(w**2)
-    lo, hi = _wilson(cov, n, jnp.asarray(alpha, f32))
+    lo, hi = _wilson(cov, n, alpha)
     return CoverageProfile(N, cov, lo, hi, jnp.broadcast_to(n, N.shape))
 
 
@@ -108,7 +111,7 @@ def coverage_exact(logp_joint: Array, r: Array, Ns: Array) -> Array:
     _check_vector("logp_joint", logp_joint)
     _check_vector("r", r)
     check_same_shape(("logp_joint", "r"), logp_joint, r)
-    logN = jnp.log(_grid("Ns", Ns))
+    logN = log_threshold("Ns", Ns)
     return _wsum(_hits(r, logN), jnp.exp(jnp.asarray(logp_joint, f32)))
 
 
@@ -187,7 +190,7 @@ def stopped_kl(token_kl: Array, N: Array, weights: Array | None = None) -> Array
     For an enumerated space pass every sequence with weights = p(x, y) to get the exact value."""
     check_shape("token_kl", token_kl, (None, None))
     _check_nonempty("token_kl", token_kl)
-    logN = jnp.log(_grid("N", N))
+    logN = log_threshold("N", N)
     s = jnp.sum(jnp.asarray(token_kl, f32), axis=-1)
     s = s.reshape(s.shape + (1,) * logN.ndim)
     return _average(jnp.minimum(s, logN), _weights_or_none(weights, token_kl))
@@ -210,7 +213,7 @@ def empirical_coverage_matrix(L: Array, N: Array) -> Array:
     The simple tournament picks argmin_j max_k of it (notes §4.8); the diagonal is 0 for N > 1."""
     check_shape("L", L, (None, None))
     _check_nonempty("L", L)
-    N = _grid("N", N)
+    _grid("N", N)
     L = jnp.asarray(L, f32)
     row = lambda lj: jax.vmap(lambda lk: empirical_coverage(lk, lj, N))(L)
     return jax.vmap(row)(L)
@@ -322,10 +325,21 @@ def hellinger_sq_exact(logp: Array, logq: Array) -> Array:
 # ---- private helpers (jitted: in eager calls one compile per shape beats one per op) --------
 
 
-@jax.jit
-def _wilson(p: Array, n: Array, alpha: Array) -> tuple[Array, Array]:
+def _z(alpha) -> Array:
+    """z = Φ⁻¹(1 − alpha/2) as −Φ⁻¹(alpha/2): in float32, 1 − alpha/2 rounds to 1 (z = inf,
+    NaN intervals) for alpha ≲ 6e-8, alpha/2 does not. Concrete alpha: float64 on the host."""
+    if _concrete(alpha):
+        return jnp.asarray(-NormalDist().inv_cdf(float(np.asarray(alpha)) / 2), f32)
+    return -ndtri(jnp.asarray(alpha, f32) / 2)
+
+
+def _wilson(p: Array, n: Array, alpha) -> tuple[Array, Array]:
     """Wilson score interval (lo, hi) for a proportion p from n draws at level 1 − alpha."""
-    z = ndtri(1 - alpha / 2)
+    return _wilson_z(p, n, _z(alpha))
+
+
+@jax.jit
+def _wilson_z(p: Array, n: Array, z: Array) -> tuple[Array, Array]:
     # Computed for q = min(p, 1 − p) and mirrored: `up` = centre + half has no cancellation and
     # the two ends multiply to q²/d, so the lower end is exactly 0 at q = 0 (centre − half is not).
     q = jnp.minimum(p, 1 - p)
@@ -338,11 +352,28 @@ def _wilson(p: Array, n: Array, alpha: Array) -> tuple[Array, Array]:
     return jnp.clip(lo, 0.0, 1.0), jnp.clip(hi, 0.0, 1.0)
 
 
+def log_threshold(name: str, N) -> Array:
+    """The float32 threshold t with `r ≥ t` ⇔ "r ≥ log N", N scalar or (k,) -> same shape.
+
+    For concrete N, log N is taken in float64 on the host and rounded to the nearest float32:
+    the same number as a float32 r computed as log N (`np.float32(math.log(N))`), so the tie
+    r = log N — the π̂ = π_D/N case where Prop. F.2's bound is tight — always counts as
+    uncovered (XLA's float32 log(7) is one ulp above the correctly rounded value, which
+    missed it), and N beyond float32's range (N = 1e39: log N ≈ 89.8) stays exact. A traced N
+    (inside jit) falls back to float32 jnp.log."""
+    if _concrete(N):
+        a = check_Ns(name, N)
+        return jnp.asarray(np.log(a).astype(np.float32).reshape(np.shape(N)))
+    return jnp.log(jnp.asarray(N, f32))
+
+
 @jax.jit
 def _hits(r: Array, logN: Array) -> Array:
-    """1[r_i ≥ log N] as float32, r (n,), logN (k,) or () -> (n, k) or (n,)."""
+    """1[r_i ≥ log N] as float32, r (n,), logN (k,) or () -> (n, k) or (n,); NaN where r is NaN
+    (a NaN is never a hit nor a miss: it makes every average it enters NaN)."""
     r = jnp.asarray(r, f32)
-    return (r.reshape(r.shape + (1,) * logN.ndim) >= logN).astype(f32)
+    r = r.reshape(r.shape + (1,) * logN.ndim)
+    return jnp.where(jnp.isnan(r), jnp.nan, (r >= logN).astype(f32))
 
 
 @jax.jit
@@ -388,10 +419,12 @@ def _grid(name: str, N, above: float | None = None) -> Array:
     if np.ndim(N) > 1:
         raise ValueError(f"argument {name} must be a number or a 1-D grid, got shape {np.shape(N)}")
     if _concrete(N):
-        check_Ns(name, N)
+        a = check_Ns(name, N).reshape(np.shape(N))
         if above is not None:
-            for v in np.ravel(np.asarray(N, np.float64)):
+            for v in np.ravel(a):
                 check_float(name, float(v), above, low_open=True)
+        with np.errstate(over="ignore"):  # N > 3.4e38 is +inf in float32 (log N is not)
+            return jnp.asarray(a.astype(np.float32))
     return jnp.asarray(N, f32)
 
 

@@ -229,7 +229,9 @@ def resolve_spec(spec: dict, theory: dict | None = None) -> dict:
         raise TypeError(f"optimizer spec must be a dict, got {type(spec).__name__}")
     name = spec.get("name")
     if name not in _FIELDS:
-        raise ValueError(f"optimizer field 'name' must be one of {list(OPTIMIZERS)}, got {name!r}")
+        raise ValueError(
+            f"name: optimizer field 'name' must be one of {list(OPTIMIZERS)}, got {name!r}"
+        )
     allowed = ("name", "project", *_FIELDS[name])
     for key in spec:
         if key not in allowed:
@@ -268,6 +270,8 @@ def resolve_spec(spec: dict, theory: dict | None = None) -> dict:
                 raise ValueError(f"optimizer field {key!r} must be a number, got {out[key]!r}")
             out[key] = check_float(f"optimizer.{key}", out[key], lo, hi,
                                    low_open=lo_open, high_open=hi_open)
+            if not math.isfinite(out[key]):  # inf passes an open-ended range: refuse it here
+                raise ValueError(f"optimizer field {key!r} must be finite, got {out[key]}")
     if "project" in spec:
         p = spec["project"]
         if not isinstance(p, dict):

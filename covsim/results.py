@@ -9,9 +9,16 @@ A run directory holds
     summary.json    {"coords": {...}, "diverged": bool, "diverged_step": int | null,
                      "summary": {...}}
 
-A sweep directory holds one run directory per cell (named by the cell id) and manifest.json
-(see `covsim.sweep`). Directories are written to a temp name and renamed into place, so a
-directory with the final name is complete; temp names start with `TMP_PREFIX`.
+    done.json       written last: {"version": 1, "files": {name: sha256 hex}} of every other
+                    file of the run. A run directory without it is incomplete; one whose files
+                    do not match it is corrupt (`CorruptResult`): readers refuse both, never
+                    reading them as data, and a sweep redoes them.
+
+A sweep directory holds one run directory per cell (named by the cell id), manifest.json and
+events.jsonl (see `covsim.sweep`; `read_manifest` reads both). A new run directory is written
+under a temp name and renamed into place; an existing one is updated file by file between
+removing and rewriting done.json, so files covsim did not write are never deleted. Temp names
+start with `TMP_PREFIX`.
 
 JSON has no inf/nan: they are written as the strings "inf", "-inf", "nan" and read back as
 floats (so those three strings are reserved: a string value "inf" reads back as a float).
@@ -22,6 +29,7 @@ Readers flatten them to columns "cov@16", "cov_lo@16", "pass@4"; other mappings 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -44,6 +52,9 @@ if TYPE_CHECKING:
 
 TMP_PREFIX = ".covsim-tmp-"
 RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json")
+DONE = "done.json"  # the checksums of a finished run directory, written last
+MANIFEST = "manifest.json"
+EVENTS = "events.jsonl"  # a sweep's append-only log of finished cells since manifest.json
 FINISHED = ("done", "diverged")  # manifest statuses of cells whose run directory is current
 # Mappings keyed by a threshold N (train's records: cov with its interval, pass_at) -> column prefix
 N_KEYED = {"cov": "cov@", "cov_lo": "cov_lo@", "cov_hi": "cov_hi@", "pass_at": "pass@"}
@@ -74,7 +85,7 @@ class RunResult:
             if not self.diverged:
                 raise ValueError("argument diverged_step must be None when diverged is False")
         for name, data in self.files.items():
-            if name in RUN_FILES or "/" in name or name.startswith("."):
+            if name in (*RUN_FILES, DONE) or "/" in name or name.startswith("."):
                 raise ValueError(f"argument files: {name!r} is not an allowed artifact name")
             if not isinstance(data, bytes):
                 raise TypeError(f"argument files: {name!r} must be bytes")
@@ -189,13 +200,26 @@ def remove_temps(directory: Path) -> list[str]:
     return removed
 
 
+class CorruptResult(ValueError):
+    """A result file on disk is incomplete, unreadable or changed since covsim wrote it."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def write_run(
     run_dir: str | Path, cfg: Config, result: RunResult, coords: Mapping[str, Any] | None = None
 ) -> None:
-    """Write a run directory atomically: fill a temp dir, then rename it to `run_dir`.
+    """Write a run directory: config.toml, metrics.jsonl, summary.json, the artifacts, and
+    last done.json with their checksums.
 
     `coords` (the sweep coordinates) are put at the front of every record and in summary.json;
-    a record that already holds one of them must agree. A previous `run_dir` is replaced.
+    a record that already holds one of them must agree. A new `run_dir` is filled under a temp
+    name and renamed into place (atomic). An existing one is updated in place: done.json is
+    removed first (so a crash leaves it incomplete, never a mix read as data), each file is
+    replaced atomically, artifacts of the previous run that this one lacks are removed, and
+    done.json is written again; any other file in it is left alone.
     """
     run_dir = Path(run_dir)
     coords = dict(coords or {})
@@ -219,28 +243,74 @@ def write_run(
         "summary": result.summary,
     }
     texts = (cfg.to_toml(), "".join(lines), dumps(summary, indent=2) + "\n")
+    files = {n: t.encode("utf-8") for n, t in zip(RUN_FILES, texts, strict=True)}
+    files |= result.files
+    done = dumps({"version": 1, "files": {n: sha256(b) for n, b in files.items()}}, indent=1)
 
+    if run_dir.exists():
+        _update_run(run_dir, files, done + "\n")
+        return
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = run_dir.parent / f"{TMP_PREFIX}{run_dir.name}-{secrets.token_hex(4)}"
-    old = run_dir.parent / f"{TMP_PREFIX}old-{run_dir.name}-{secrets.token_hex(4)}"
     try:
         tmp.mkdir()
-        for name, text in zip(RUN_FILES, texts, strict=True):
-            _write_synced(tmp / name, text)
-        for name, data in result.files.items():
+        for name, data in files.items():
             _write_synced(tmp / name, data)
-        if run_dir.exists():  # a directory cannot be replaced by rename: move it aside first
-            os.replace(run_dir, old)
+        _write_synced(tmp / DONE, done + "\n")
         os.replace(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def _update_run(run_dir: Path, files: Mapping[str, bytes], done: str) -> None:
+    if not run_dir.is_dir():
+        raise ValueError(f"argument run_dir: {run_dir} exists and is not a directory")
+    try:
+        old = set(json.loads((run_dir / DONE).read_text("utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        old = set()
+    (run_dir / DONE).unlink(missing_ok=True)
+    for name, data in files.items():
+        atomic_write_text(run_dir / name, data)
+    for name in old - set(files) - set(RUN_FILES):  # the previous run's artifacts
+        if "/" not in name and not name.startswith("."):
+            (run_dir / name).unlink(missing_ok=True)
+    atomic_write_text(run_dir / DONE, done)
+
+
+def verify_run(run_dir: str | Path) -> dict[str, str]:
+    """Check a run directory against its done.json; return {file: sha256}. Raises
+    CorruptResult naming the directory and what is wrong (incomplete, unreadable, changed)."""
+    p = Path(run_dir)
+    if not p.is_dir():
+        raise CorruptResult(f"{p}: missing (no run directory)")
+    try:
+        sums = json.loads((p / DONE).read_text("utf-8"))["files"]
+        if not isinstance(sums, dict) or not set(RUN_FILES) <= set(sums):
+            raise ValueError("it does not list the run's files")
+    except FileNotFoundError:
+        raise CorruptResult(f"{p}: incomplete (no {DONE}; the run did not finish)") from None
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CorruptResult(f"{p}/{DONE}: unreadable ({' '.join(str(e).split())})") from None
+    for name, want in sums.items():
+        try:
+            got = sha256((p / name).read_bytes())
+        except OSError:
+            raise CorruptResult(f"{p}: {name} is missing") from None
+        if got != want:
+            raise CorruptResult(
+                f"{p}: {name} was changed after covsim wrote it (checksum mismatch)"
+            )
+    return sums
 
 
 def is_run_dir(path: str | Path) -> bool:
-    """True if `path` is a complete run directory (all of RUN_FILES present)."""
-    p = Path(path)
-    return p.is_dir() and all((p / f).is_file() for f in RUN_FILES)
+    """True if `path` is a complete run directory whose files match their checksums."""
+    try:
+        verify_run(path)
+    except CorruptResult:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,12 +327,9 @@ class Run:
 
 
 def read_run(run_dir: str | Path) -> Run:
+    """A verified run directory read back (CorruptResult if it is incomplete or changed)."""
     p = Path(run_dir)
-    missing = [f for f in RUN_FILES if not (p / f).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{p} is not a complete run directory: missing {', '.join(missing)}"
-        )
+    verify_run(p)
     s = _read_json(p / "summary.json")
     result = RunResult(
         records=read_records(p),
@@ -274,25 +341,81 @@ def read_run(run_dir: str | Path) -> Run:
 
 
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
-    with open(Path(run_dir) / "metrics.jsonl", encoding="utf-8") as f:
-        return [from_jsonable(json.loads(line)) for line in f if line.strip()]
+    """The records of metrics.jsonl (not verified: `read_run` and the readers below verify)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(from_jsonable(json.loads(line)))
+                except ValueError:
+                    raise CorruptResult(f"{path}:{i}: not a JSON record") from None
+    return out
 
 
 def _read_json(path: Path) -> Any:
-    return from_jsonable(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        return from_jsonable(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptResult(f"{path}: unreadable ({' '.join(str(e).split())})") from None
+
+
+def read_manifest(sweep_dir: str | Path) -> dict[str, Any]:
+    """A sweep's manifest.json with the statuses that events.jsonl recorded since it was
+    written applied. A torn last line (a writer killed mid-append) is ignored; any other
+    unreadable content raises CorruptResult."""
+    d = Path(sweep_dir)
+    manifest = _read_json(d / MANIFEST)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("cells"), list):
+        raise CorruptResult(f"{d / MANIFEST}: not a sweep manifest")
+    entries = {c["id"]: c for c in manifest["cells"]}
+    try:
+        text = (d / EVENTS).read_text("utf-8")
+    except FileNotFoundError:
+        return manifest
+    except (OSError, UnicodeDecodeError) as e:
+        raise CorruptResult(f"{d / EVENTS}: unreadable ({e})") from None
+    lines = text.split("\n")
+    for i, line in enumerate(lines[:-1], 1):  # the text after the last newline is torn
+        try:
+            ev = json.loads(line)
+            entry = entries.get(ev["id"])
+            if entry is not None:
+                entry["status"], entry["error"] = ev["status"], ev["error"]
+        except (ValueError, KeyError, TypeError):
+            raise CorruptResult(f"{d / EVENTS}:{i}: not a cell event") from None
+    return manifest
 
 
 def _run_dirs(directory: str | Path) -> list[tuple[Path, dict[str, Any] | None]]:
     """[(run dir, None)] for a run dir; [(cell dir, manifest entry)] for each cell of a sweep."""
     d = Path(directory)
-    if (d / "metrics.jsonl").is_file():
+    if (d / MANIFEST).is_file():
+        return [(d / c["id"], c) for c in read_manifest(d)["cells"]]
+    if (d / "metrics.jsonl").is_file() or (d / DONE).is_file():
         return [(d, None)]
-    if (d / "manifest.json").is_file():
-        cells = _read_json(d / "manifest.json")["cells"]
-        return [(d / c["id"], c) for c in cells]
     raise FileNotFoundError(
         f"{d} is neither a run directory (metrics.jsonl) nor a sweep (manifest.json)"
     )
+
+
+def _finished_runs(directory: str | Path) -> list[Path]:
+    """The run directories of a run or sweep dir that hold results, each verified: a run
+    dir, or every cell the manifest calls finished (CorruptResult if one does not check)."""
+    out = []
+    for p, cell in _run_dirs(directory):
+        if cell is None or cell["status"] in FINISHED:
+            try:
+                verify_run(p)
+            except CorruptResult as e:
+                raise CorruptResult(
+                    f"{e}; rerun the sweep (`covsim sweep` with the same config) to redo it"
+                    if cell is not None
+                    else f"{e}; rerun it to regenerate the results"
+                ) from None
+            out.append(p)
+    return out
 
 
 def flatten_record(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -313,14 +436,13 @@ def read_metrics(directory: str | Path) -> pd.DataFrame:
     """All evaluation records of a run dir, or of every finished cell of a sweep dir.
 
     One row per record, a "run" column (the run directory's name) first; cov/pass_at
-    flattened to "cov@N"/"pass@N" columns. Failed (never written) cells contribute no rows.
+    flattened to "cov@N"/"pass@N" columns. Failed (never written) cells contribute no rows;
+    a finished cell whose files do not match their checksums raises CorruptResult.
     """
     import pandas as pd
 
     rows = []
-    for p, cell in _run_dirs(directory):
-        if cell is not None and cell["status"] not in FINISHED:
-            continue
+    for p in _finished_runs(directory):
         rows += [{"run": p.name, **flatten_record(r)} for r in read_records(p)]
     return pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=["run"])
 
@@ -328,11 +450,7 @@ def read_metrics(directory: str | Path) -> pd.DataFrame:
 def artifact_paths(directory: str | Path, name: str) -> dict[str, Path]:
     """{run name: path} of artifact `name` (a RunResult.files entry) in a run dir, or in every
     finished cell of a sweep dir that has it."""
-    out = {}
-    for p, cell in _run_dirs(directory):
-        if (cell is None or cell["status"] in FINISHED) and (p / name).is_file():
-            out[p.name] = p / name
-    return out
+    return {p.name: p / name for p in _finished_runs(directory) if (p / name).is_file()}
 
 
 def read_summaries(directory: str | Path) -> pd.DataFrame:
@@ -344,8 +462,9 @@ def read_summaries(directory: str | Path) -> pd.DataFrame:
     import pandas as pd
 
     rows = []
+    finished = set(_finished_runs(directory))
     for p, cell in _run_dirs(directory):
-        if cell is None or cell["status"] in FINISHED:
+        if p in finished:
             s = _read_json(p / "summary.json")
             status = "diverged" if s["diverged"] else "done"
             row = {"run": p.name, "status": status, "error": None, **s["coords"]}

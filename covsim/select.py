@@ -46,7 +46,8 @@ def on_policy_coverage(L_gen, N: float) -> np.ndarray:
     K = Lg.shape[0]
     check_shape("L_gen", Lg, (K, K, None))
     own = Lg[np.arange(K), np.arange(K)]  # (K, m)
-    return np.mean(Lg - own[:, None, :] >= np.log(N), axis=-1)
+    r = (Lg - own[:, None, :]).astype(np.float32)  # compared as `metrics.coverage` compares
+    return np.mean(r >= np.asarray(M.log_threshold("N", N)), axis=-1)
 
 
 def offset_tournament(L, L_gen, N: float, a: float) -> tuple[int, np.ndarray]:

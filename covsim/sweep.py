@@ -9,11 +9,15 @@ describes that run alone. Keys come from `cell.rng_seed(seed)`, a function of th
 only, never of the execution order.
 
 The store: out_dir/<cell id>/ is a run directory (`covsim.results`), renamed into place only
-when complete; out_dir/manifest.json lists every cell with its status ("pending", "done",
-"diverged", "failed") and error, rewritten atomically after each cell; out_dir/config.toml is
-the sweep's resolved config. A cell counts as finished iff its run directory is complete and
-its config.toml equals the cell's config, so a rerun redoes exactly the missing, failed or
-half-written cells. Two sweeps must not write to one out_dir at the same time.
+when complete, with the checksums of its files in done.json; out_dir/manifest.json lists
+every cell with its status ("pending", "done", "diverged", "failed") and error, written
+atomically when the sweep starts and when it ends (also when interrupted); in between each
+finished cell appends a line to out_dir/events.jsonl (`covsim.results.read_manifest` reads
+the two together). out_dir/config.toml is the sweep's resolved config. A cell counts as
+finished iff its run directory is complete, matches its checksums and its config.toml equals
+the cell's config, so a rerun redoes exactly the missing, failed, half-written or corrupted
+cells. out_dir is owned and locked (`covsim.outdir`): a second sweep writing to it at the
+same time is refused, and so is a directory covsim did not write.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import os
 import pickle
 import re
+import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,19 +42,23 @@ from tqdm.auto import tqdm
 
 from covsim.checks import check_int
 from covsim.config import Config, ConfigError, dump_config
+from covsim.outdir import owned_output, results_bytes
 from covsim.results import (
+    EVENTS,
     FINISHED,
+    MANIFEST,
+    CorruptResult,
     RunResult,
     atomic_write_text,
     dumps,
-    is_run_dir,
+    read_manifest,
     remove_temps,
     to_jsonable,
+    verify_run,
     write_run,
 )
 
 EXECUTORS = ("local", "process", "ray")
-MANIFEST = "manifest.json"
 
 CellFn = Callable[[Config, "Cell"], RunResult]
 
@@ -176,40 +187,119 @@ def _local(cell_fn: CellFn, jobs: Jobs, workers: int) -> Iterator[tuple[Cell, Ru
         yield cell, _call(cell_fn, cfg, cell)
 
 
+def _worker_init() -> None:
+    """In each spawned worker: die with the parent (Linux PR_SET_PDEATHSIG), so a SIGKILLed
+    sweep leaves no worker running; leave Ctrl-C to the parent, which cancels and reaps."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != _PARENT_PID:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+_PARENT_PID = os.getppid()  # in a spawned worker: the sweep's process (module import time)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: JAX (and its thread pools) is not fork-safe.
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+    )
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the workers now (an interrupted or finished sweep
+    must not leave them computing)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+    for proc in procs:
+        proc.join(timeout=5)
+
+
 def _process(
     cell_fn: CellFn, jobs: Jobs, workers: int
 ) -> Iterator[tuple[Cell, RunResult | Failure]]:
-    # spawn, not fork: JAX (and its thread pools) is not fork-safe.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    """A shared pool of `workers` processes. A worker that dies (segfault, OOM kill) breaks
+    the pool for every cell in it; then the cells not yet reported are rerun each in a fresh
+    process of its own (`_isolated`), so only the cell that kills its worker fails."""
+    pool = _pool(workers)
+    left = dict.fromkeys(cell.id for cell, _ in jobs)
     try:
         futures = {pool.submit(_call, cell_fn, cfg, cell): cell for cell, cfg in jobs}
         for f in as_completed(futures):
             try:
                 out = f.result()
-            except Exception as e:  # the worker died (BrokenProcessPool) or could not unpickle
+            except BrokenProcessPool:
+                break
+            except Exception as e:  # the result could not be unpickled
                 out = Failure(_error_text(e))
+            del left[futures[f].id]
             yield futures[f], out
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _kill(pool)
+    if left:
+        yield from _isolated(cell_fn, [(c, cfg) for c, cfg in jobs if c.id in left], workers)
+
+
+def _isolated(
+    cell_fn: CellFn, jobs: Jobs, workers: int
+) -> Iterator[tuple[Cell, RunResult | Failure]]:
+    """Each cell in a one-process pool of its own, at most `workers` at a time."""
+    queue, pending = list(jobs)[::-1], {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < workers:
+                cell, cfg = queue.pop()
+                pool = _pool(1)
+                pending[pool.submit(_call, cell_fn, cfg, cell)] = (cell, pool)
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                cell, pool = pending.pop(f)
+                try:
+                    out = f.result()
+                except BrokenProcessPool:
+                    out = Failure("WorkerDied: the process running this cell was killed or crashed")
+                except Exception as e:
+                    out = Failure(_error_text(e))
+                _kill(pool)
+                yield cell, out
+    finally:
+        for _, pool in pending.values():
+            _kill(pool)
 
 
 def _ray(cell_fn: CellFn, jobs: Jobs, workers: int) -> Iterator[tuple[Cell, RunResult | Failure]]:
     ray = _import_ray()
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         ray.init()
     call = ray.remote(_call)
     queue, pending = list(jobs)[::-1], {}
-    while queue or pending:
-        while queue and len(pending) < workers:  # at most `workers` cells in flight
-            cell, cfg = queue.pop()
-            pending[call.remote(cell_fn, cfg, cell)] = cell
-        [ref], _ = ray.wait(list(pending), num_returns=1)
-        cell = pending.pop(ref)
-        try:
-            out = ray.get(ref)
-        except Exception as e:  # the task or its worker died
-            out = Failure(_error_text(e))
-        yield cell, out
+    try:
+        while queue or pending:
+            while queue and len(pending) < workers:  # at most `workers` cells in flight
+                cell, cfg = queue.pop()
+                pending[call.remote(cell_fn, cfg, cell)] = cell
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(ref)
+            try:
+                out = ray.get(ref)
+            except Exception as e:  # the task or its worker died
+                out = Failure(_error_text(e))
+            yield cell, out
+    finally:  # interrupted or done: cancel what is in flight; stop a cluster we started
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
 
 
 def _import_ray():
@@ -229,12 +319,40 @@ _RUNNERS = {"local": _local, "process": _process, "ray": _ray}
 # The store
 
 
-def _finished_status(run_dir: Path, cfg: Config) -> str:
-    """'done'/'diverged' if run_dir is complete and was written for exactly this config."""
-    if not is_run_dir(run_dir) or (run_dir / "config.toml").read_text("utf-8") != cfg.to_toml():
-        return "pending"
+def _finished_status(run_dir: Path, cfg: Config) -> tuple[str, str | None]:
+    """(status, why): 'done'/'diverged' if run_dir is complete, matches its checksums and was
+    written for exactly this config; else 'pending', with the reason when the directory is
+    there but corrupt (so the caller can say it is redone)."""
+    if not run_dir.exists():
+        return "pending", None
+    try:
+        verify_run(run_dir)
+    except CorruptResult as e:
+        return "pending", str(e)
+    if (run_dir / "config.toml").read_text("utf-8") != cfg.to_toml():
+        return "pending", None  # another version of the cell (force): redone, not corrupt
     summary = json.loads((run_dir / "summary.json").read_text("utf-8"))
-    return "diverged" if summary["diverged"] else "done"
+    return ("diverged" if summary["diverged"] else "done"), None
+
+
+def _previous_hash(out: Path, marker: dict[str, Any] | None) -> str | None:
+    """The config hash of the sweep already in `out`: the marker's, or (a directory written
+    before markers) the manifest's; None if there is none or it cannot be read."""
+    if marker is not None and marker.get("config_hash"):
+        return marker["config_hash"]
+    try:
+        return read_manifest(out).get("config_hash")
+    except (OSError, CorruptResult):
+        return None
+
+
+def sweep_bytes(cfg: Config, cells: Sequence[Cell]) -> int:
+    """Estimated bytes of the results of `cells` (one record per evaluation and seed; see
+    `covsim.outdir.results_bytes`)."""
+    t = cfg.train
+    evals = t.n_steps // t.eval_every + 1
+    records = evals * sum(len(c.seeds) for c in cells)
+    return results_bytes(records, len(t.Ns) + len(t.pass_at), len(cells))
 
 
 def run_sweep(
@@ -253,10 +371,15 @@ def run_sweep(
     processes; `cell_fn` must be a picklable module-level function) or "ray" (at most
     `workers` cells in flight on the current Ray cluster). A cell whose `cell_fn` raises is
     recorded as "failed" with its error, one returning `diverged=True` as "diverged"; the
-    others go on. Failed and pending cells are retried by a rerun; done/diverged are kept.
-    An out_dir holding a different sweep (config hash) is refused unless `force`: then cells
-    whose config is unchanged are kept and the others redone (run dirs of cells no longer in
-    the grid stay on disk but leave the manifest, so readers ignore them).
+    others go on. Failed and pending cells are retried by a rerun; done/diverged are kept, if
+    their files still match their checksums (a corrupt cell is redone; the manifest's
+    "redone_corrupt" maps its id to what was wrong).
+
+    `out_dir` must be new, empty, or a sweep of the same experiment (`covsim.outdir`); it is
+    locked while the sweep runs (a second writer gets OutputError). One holding a different
+    version of the sweep (config hash) is refused unless `force`: then cells whose config is
+    unchanged are kept and the others redone (run dirs of cells no longer in the grid stay on
+    disk but leave the manifest, so readers ignore them).
     """
     if executor not in EXECUTORS:
         raise ValueError(f"argument executor must be one of {EXECUTORS}, got {executor!r}")
@@ -282,36 +405,52 @@ def run_sweep(
         except ConfigError as e:
             raise ConfigError(f"cell {c.id}: {e}") from None
 
-    out = Path(out_dir)
     digest = cfg.digest()
-    if (out / MANIFEST).is_file() and not force:
-        old = json.loads((out / MANIFEST).read_text("utf-8"))
-        if old.get("config_hash") != digest:
+    name = cfg.experiment.name
+    need = sweep_bytes(cfg, cells)
+
+    def same_sweep(out: Path, marker: dict[str, Any] | None) -> None:
+        prev = _previous_hash(out, marker) if marker is not None else None
+        if prev is not None and prev != digest and not force:
             raise SweepError(
-                f"{out} holds a different sweep (experiment {old.get('experiment')!r}, config hash "
-                f"{str(old.get('config_hash'))[:12]} ≠ {digest[:12]}); use another out_dir or "
-                "force=True to redo the cells whose config changed"
+                f"{out} holds a different sweep (experiment {name!r}, config hash "
+                f"{prev[:12]} ≠ {digest[:12]}); use another out_dir or force=True to redo the "
+                "cells whose config changed"
             )
-    out.mkdir(parents=True, exist_ok=True)
+
+    with owned_output(
+        out_dir, "sweep", name, config_hash=digest, need_bytes=need, accept=same_sweep
+    ) as out:
+        return _run_cells(cfg, cells, cfgs, cell_fn, out, executor, workers, progress)
+
+
+def _run_cells(cfg, cells, cfgs, cell_fn, out, executor, workers, progress) -> dict[str, Any]:
     remove_temps(out)
-    entries = {  # the manifest's cell entries, updated in place as cells finish
-        c.id: {
+    corrupt = {}
+    entries = {}  # the manifest's cell entries, updated in place as cells finish
+    for c in cells:
+        status, why = _finished_status(out / c.id, cfgs[c.id])
+        if why is not None:
+            corrupt[c.id] = why
+        entries[c.id] = {
             "id": c.id,
             "coords": c.coords,
             "seeds": list(c.seeds),
-            "status": _finished_status(out / c.id, cfgs[c.id]),
+            "status": status,
             "error": None,
         }
-        for c in cells
-    }
     manifest = {
-        "version": 1,
+        "version": 2,
         "experiment": cfg.experiment.name,
-        "config_hash": digest,
+        "config_hash": cfg.digest(),
         "cells": list(entries.values()),
     }
+    if corrupt:
+        manifest["redone_corrupt"] = corrupt
     dump_config(cfg, out / "config.toml")
-    atomic_write_text(out / MANIFEST, dumps(manifest, indent=1) + "\n")
+    # manifest.json is written here and when the sweep ends; in between each finished cell
+    # appends one line to events.jsonl (I/O per cell independent of the sweep's size).
+    _write_manifest(out, manifest)
 
     todo = [(c, cfgs[c.id]) for c in cells if entries[c.id]["status"] not in FINISHED]
     bar = tqdm(
@@ -323,21 +462,32 @@ def run_sweep(
     )
     failed = 0
     try:
-        for cell, res in _RUNNERS[executor](cell_fn, todo, workers):
-            e = entries[cell.id]
-            if isinstance(res, RunResult):
-                try:
-                    write_run(out / cell.id, cfgs[cell.id], res, cell.coords)
-                    e["status"], e["error"] = ("diverged" if res.diverged else "done"), None
-                except (TypeError, ValueError) as err:  # the result breaks the on-disk contract
-                    res = Failure(_error_text(err))
-            if isinstance(res, Failure):
-                e["status"], e["error"] = "failed", res.error
-                failed += 1
-            atomic_write_text(out / MANIFEST, dumps(manifest, indent=1) + "\n")
-            bar.update()
-            if failed:
-                bar.set_postfix(failed=failed)
+        with open(out / EVENTS, "a", encoding="utf-8") as events:
+            for cell, res in _RUNNERS[executor](cell_fn, todo, workers):
+                e = entries[cell.id]
+                if isinstance(res, RunResult):
+                    try:
+                        write_run(out / cell.id, cfgs[cell.id], res, cell.coords)
+                        e["status"], e["error"] = ("diverged" if res.diverged else "done"), None
+                    except (TypeError, ValueError) as err:  # the result breaks the contract
+                        res = Failure(_error_text(err))
+                if isinstance(res, Failure):
+                    e["status"], e["error"] = "failed", res.error
+                    failed += 1
+                events.write(dumps({"id": cell.id, "status": e["status"], "error": e["error"]}))
+                events.write("\n")
+                events.flush()
+                os.fsync(events.fileno())
+                bar.update()
+                if failed:
+                    bar.set_postfix(failed=failed)
     finally:
         bar.close()
+        _write_manifest(out, manifest)  # also when interrupted: what finished is recorded
     return manifest
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """manifest.json atomically, then the events it now contains are dropped."""
+    atomic_write_text(out / MANIFEST, dumps(manifest, indent=1) + "\n")
+    (out / EVENTS).unlink(missing_ok=True)

@@ -91,6 +91,10 @@ class TrainSpec:
         object.__setattr__(self, "Ns", tuple(float(N) for N in check_Ns("Ns", self.Ns)))
         for N in self.pass_Ns:
             check_int("pass_Ns", N, 1)
+        for name in ("Ns", "pass_Ns"):  # records key values by N: a repeat would merge two
+            vals = [float(v) for v in getattr(self, name)]
+            if len(set(vals)) < len(vals):
+                raise ValueError(f"argument {name} must not repeat a value, got {vals}")
         if self.loss not in ("sequence", "token", "distill"):
             raise ValueError(
                 f"argument loss must be one of 'sequence', 'token', 'distill', got {self.loss!r}"
@@ -137,7 +141,7 @@ class Trainer:
                 "the model carries random state (dropout > 0): the trainer keeps non-Param "
                 "state fixed, so use dropout = 0"
             )
-        self.Ns = jnp.asarray(spec.Ns, jnp.float32)
+        self.Ns = spec.Ns  # host floats: metrics.log_threshold takes log N in float64
 
     # ---- model plumbing --------------------------------------------------------------
     def model(self, params) -> nnx.Module:

@@ -7,7 +7,6 @@ CLI switches on makes cheap on reruns.
 """
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 from covsim import claims, plots
 from covsim.claims import Claim, Verdict
 from covsim.cli import main, read_report_rows, update_report
-from covsim.results import RUN_FILES, read_metrics
+from covsim.results import RUN_FILES, read_manifest, read_metrics
 
 TINY = """
 [experiment]
@@ -152,7 +151,7 @@ def _sweep_cmd(cfg, out):
 
 def _done(out: Path) -> list[str]:
     try:
-        cells = json.loads((out / "manifest.json").read_text())["cells"]
+        cells = read_manifest(out)["cells"]
     except (OSError, ValueError):  # not there yet (or being replaced)
         return []
     return [c["id"] for c in cells if c["status"] == "done"]

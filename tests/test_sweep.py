@@ -22,6 +22,7 @@ from covsim.config import ConfigError, load_config
 from covsim.results import (
     TMP_PREFIX,
     RunResult,
+    read_manifest,
     read_metrics,
     read_run,
     read_summaries,
@@ -214,7 +215,7 @@ def test_killed_sweep_resumes_and_matches_an_uninterrupted_run(tmp_path, cfg, ca
     job = sweep_job(tmp_path / "toy.toml", out, calls, kill_at=4)
     assert job.returncode == -signal.SIGKILL, job.stderr
     assert called(calls) == all_ids[:4]  # the 4th was killed mid-cell
-    status = [c["status"] for c in json.loads((out / "manifest.json").read_text())["cells"]]
+    status = [c["status"] for c in read_manifest(out)["cells"]]  # manifest.json + events.jsonl
     assert status == ["done"] * 3 + ["pending"] * 5
     assert not (out / all_ids[3]).exists()
     reset(calls)
@@ -327,6 +328,8 @@ def test_ray_executor(tmp_path, cfg, calls, monkeypatch):
     ray = types.SimpleNamespace(inited=False, out={}, peak=0)
     ray.is_initialized = lambda: ray.inited
     ray.init = lambda: setattr(ray, "inited", True)
+    ray.shutdown = lambda: setattr(ray, "inited", False)
+    ray.cancel = lambda ref, force: None
 
     def submit(fn, *args):
         ref = object()
@@ -341,7 +344,7 @@ def test_ray_executor(tmp_path, cfg, calls, monkeypatch):
     manifest = run_sweep(
         cfg, flaky_cell_fn, tmp_path / "r", executor="ray", workers=3, progress=False
     )
-    assert ray.inited and ray.peak == 3
+    assert ray.peak == 3 and not ray.inited  # the cluster it started is shut down again
     assert sorted(c["status"] for c in manifest["cells"]) == ["diverged"] + ["done"] * 6 + [
         "failed"
     ]

@@ -82,7 +82,7 @@ def make_model(spec: dict, task, rngs) -> nnx.Module:
         )
     kind = spec["kind"]
     if kind not in SPECS:
-        raise ValueError(f"model spec 'kind' must be one of {sorted(SPECS)}, got {kind!r}")
+        raise ValueError(f"kind: must be one of {sorted(SPECS)}, got {kind!r} (model spec)")
     required, optional = SPECS[kind]
     allowed = ["kind", *required, *optional]
     unknown = sorted(set(spec) - set(allowed))
