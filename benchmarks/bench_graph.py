@@ -27,8 +27,9 @@ from pathlib import Path
 import jax
 
 from covsim.config import load_config
-from covsim.experiment import build_model_fn, build_optimizer, build_task, pretrain_config
+from covsim.experiment import build_model_fn, build_optimizer, build_task
 from covsim.models import Transformer
+from covsim.runners.train import pretrain_config
 from covsim.sweep import cell_config, expand_grid
 from covsim.train import TrainSpec, make_train
 

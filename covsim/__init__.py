@@ -8,6 +8,12 @@ Where things are (imports point downwards only):
     covsim.train      the trainer (a pure function of a key); covsim.evaluate: checkpoint scores
     covsim.select     checkpoint selection; covsim.decode: sampling, Best-of-N
     covsim.config / sweep / results / experiment / claims / plots / cli: experiments and I/O
+    covsim.registry   tasks, models, optimizers, runners by name: extend them with
+                      covsim.register_task / register_model / register_optimizer /
+                      covsim.runners.register_runner
 """
 
+from covsim.registry import register_model, register_optimizer, register_task
+
 __version__ = "0.1.0"
+__all__ = ["register_model", "register_optimizer", "register_task"]

@@ -2,7 +2,7 @@
 
 Serialised with flax's msgpack serializer (`flax.serialization`), one file per run:
 `checkpoints.msgpack` holding {"steps": (K,), "params": pytree with leading (K, ...)}. Writes are
-atomic (`covsim.results.atomic_write_text`), so a killed run never leaves a half-written
+atomic (`covsim.fileio.atomic_write_text`), so a killed run never leaves a half-written
 checkpoint behind.
 """
 
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
-from covsim.results import atomic_write_text
+from covsim.fileio import atomic_write_text
 
 FILENAME = "checkpoints.msgpack"
 

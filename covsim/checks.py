@@ -13,6 +13,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+#: The default level of every Cov_N interval: 1 − alpha Wilson intervals, alpha = 0.05
+#: (covsim.train.TrainSpec, covsim.metrics.coverage_profile, a config's train.alpha).
+DEFAULT_ALPHA = 0.05
 
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
     """Return `value` as int, or raise ValueError naming `name` and the range [low, high]."""

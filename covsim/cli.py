@@ -1,15 +1,19 @@
 """The `covsim` command line.
 
     covsim list                                    claims and experiments
+    covsim describe NAME                           a task/model/optimizer/runner's parameters
     covsim run CONFIG [--profile P] [--out DIR] [--set a.b=v ...]
     covsim sweep CONFIG [--profile P] [--out DIR] [--set ...] [--executor local|process|ray]
-                 [--workers K] [--force]           the grid over [sweep.axes], resumable
+                 [--workers K] [--force] [--yes]     the grid over [sweep.axes], resumable
     covsim plot DIR [--out FOLDER]                 figures from a run or sweep directory
     covsim reproduce CLAIM|--all [--profile P] [--out RUNS] [--figures FOLDER] [--report FILE]
                  [--update-repo] [--executor ...] [--workers K]
                                                    run (resume) the claim's sweeps, draw, judge
     covsim demo [--out DIR] [--set ...]            a one-minute tour (coverage table, KL)
     covsim -q ...                                  no progress bars
+
+CONFIG is a TOML file or an experiment's name (experiments/<name>.toml, found as `reproduce`
+finds it). --profile applies [profile.NAME]; by default "quick" if the file has it, else none.
 
 Outputs: sweeps go to runs/<profile>/<experiment name>, runs to runs/<profile>/<name>-run,
 unless --out (`reproduce`: <RUNS>/<profile>/<experiment>, resumed, cells whose config changed
@@ -51,10 +55,9 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from covsim.config import Config, ConfigError, load_config, to_toml
-from covsim.results import atomic_write_text
+from covsim.config import Config, ConfigError, load_config, profile_names, to_toml
+from covsim.fileio import atomic_write_text
 
-PROFILES = ("quick", "full")
 EXECUTORS = ("local", "process", "ray")
 REPORT = "REPRODUCTION.md"
 FIGURES = "figures"
@@ -99,59 +102,100 @@ def experiments_dir() -> Path:
     return Path.cwd() / "experiments"
 
 
-def _load(path: str | Path, profile: str, overrides: Sequence[str] = ()) -> Config:
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"CONFIG: no such file {p}")
-    return load_config(p, profile, list(overrides))
+def config_path(config: str | Path) -> Path:
+    """CONFIG as given: a TOML file, or an experiment's name (experiments/<name>.toml, looked
+    up like `reproduce` does, so `covsim run horizon` works from any folder)."""
+    p = Path(config)
+    if p.is_file():
+        return p
+    named = experiments_dir() / f"{config}.toml"
+    if p.suffix == "" and len(p.parts) == 1 and named.is_file():
+        return named
+    raise UsageError(f"CONFIG: no such file {p}" + ("" if p.suffix else f" (nor {named})"))
+
+
+def _profile(path: Path, profile: str | None) -> str | None:
+    """The profile to apply: the one asked for; by default "quick" if the file defines it,
+    else none (a config without [profile.*] runs as written)."""
+    if profile is not None:
+        return profile
+    return "quick" if "quick" in profile_names(path) else None
+
+
+def _load(path: str | Path, profile: str | None, overrides: Sequence[str] = ()) -> Config:
+    p = config_path(path)
+    return load_config(p, _profile(p, profile), list(overrides))
 
 
 def _cell_fn(cfg, cell):
-    """The sweep's cell function: `covsim.experiment.run_cell` once every claim module has
-    registered its runners (also in spawned worker processes, which import only this)."""
-    from covsim.experiment import RUNNERS, run_cell
-
-    if cfg.experiment.runner not in RUNNERS:
-        import covsim.claims  # noqa: F401  (claim modules register their @runner functions)
+    """The sweep's cell function (picklable; a spawned worker imports only covsim.runners)."""
+    from covsim.runners import run_cell
 
     return run_cell(cfg, cell)
 
 
+#: Runners that train a learner: their [task]/[model]/[optim] are built before compute.
+TRAINERS = {"train": None, "train_tabular": "covsim.runners.tabular:tabular_model_fn"}
+
+
 def _preflight(cfg: Config) -> None:
-    """Build the first cell's task, learner and optimizer for the trainer runner, so that a
-    bad [task]/[model]/[optim] parameter is a one-line config error before anything runs."""
-    if cfg.experiment.runner != "train":
-        return  # custom runners validate their own sections
+    """Build every distinct cell's task, learner and optimizer (trainer runners), so that a
+    bad [task]/[model]/[optim] value in any cell (e.g. the second value of a sweep axis) is a
+    one-line config error before anything runs; Pass@N needs a task with a verifier."""
+    runner = cfg.experiment.runner
+    if runner not in TRAINERS:
+        return  # the other runners' sections are checked by covsim.config
+    import importlib
+
     from covsim.experiment import build_model_fn, build_optimizer, build_task
+    from covsim.fileio import digest
+    from covsim.runners.train import pretrain_config
     from covsim.sweep import cell_config, expand_grid
 
-    cell = expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds)[0]
-    c = cell_config(cfg, cell)
-    stages = [("", c)]
-    if c.pretrain is not None:
-        from covsim.experiment import pretrain_config
-
-        stages.append(("pretrain.", pretrain_config(c)))
-    for prefix, sc in stages:
-        section = "task"
-        try:
-            task = build_task(sc)
-            section = "model"
-            build_model_fn(sc, task)
-            section = "optim"
-            build_optimizer(sc, task)
-        except (ValueError, TypeError) as e:
-            msg = " ".join(str(e).split())
-            where = prefix + section
-            named = msg.startswith((f"{where}.", f"{where}:", "pretrain."))
-            if msg.startswith(("kind:", "name:")):  # the factory names its own field
-                msg, named = f"{where}.{msg}", True
-            raise ConfigError(msg if named else f"{where}: {msg}") from None
+    model_fn_of = build_model_fn
+    if TRAINERS[runner]:
+        mod, fn = TRAINERS[runner].split(":")
+        model_fn_of = getattr(importlib.import_module(mod), fn)
+    seen = set()
+    for cell in expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds):
+        c = cell_config(cfg, cell)
+        stages = [("", c)] + ([("pretrain.", pretrain_config(c))] if c.pretrain else [])
+        for prefix, sc in stages:
+            d = sc.to_dict()
+            key = digest({k: d.get(k) for k in ("task", "model", "optim", "train")})
+            if key in seen:
+                continue
+            seen.add(key)
+            _build_stage(sc, prefix, model_fn_of, build_task, build_optimizer)
 
 
-def _default_out(cfg: Config, profile: str, kind: str) -> Path:
+def _build_stage(sc: Config, prefix: str, model_fn_of, build_task, build_optimizer) -> None:
+    section = "task"
+    try:
+        task = build_task(sc)
+        section = "model"
+        model_fn_of(sc, task)
+        section = "optim"
+        build_optimizer(sc, task)
+    except (ValueError, TypeError) as e:
+        msg = " ".join(str(e).split())
+        where = prefix + section
+        named = msg.startswith((f"{where}.", f"{where}:", "pretrain."))
+        if msg.startswith(("kind:", "name:")):  # the factory names its own field
+            msg, named = f"{where}.{msg}", True
+        raise ConfigError(msg if named else f"{where}: {msg}") from None
+    if sc.train.pass_at and not hasattr(task, "good_set"):
+        raise ConfigError(
+            f"{prefix}train.pass_at: task kind {sc.task.kind!r} has no verifier (good_set), "
+            "so Pass@N is undefined; remove train.pass_at"
+        )
+
+
+def _default_out(cfg: Config, args, kind: str) -> Path:
     """runs/<profile>/<name> for a sweep, runs/<profile>/<name>-run for a run: the two never
-    share a directory (covsim.outdir refuses to write one kind over the other)."""
+    share a directory (covsim.outdir refuses to write one kind over the other). A config
+    run without a profile goes to runs/default/."""
+    profile = _profile(config_path(args.config), args.profile) or "default"
     return Path(RUNS) / profile / (cfg.experiment.name + ("-run" if kind == "run" else ""))
 
 
@@ -222,7 +266,7 @@ def cmd_run(args) -> int:
             f"{', '.join(cfg.sweep.axes)}; use `covsim sweep`, or --set 'sweep.axes={{}}'"
         )
     _preflight(cfg)
-    out = Path(args.out) if args.out else _default_out(cfg, args.profile, "run")
+    out = Path(args.out) if args.out else _default_out(cfg, args, "run")
     # One run: every seed in one cell, as sweep.vmap_seeds = true does.
     [cell] = expand_grid({}, cfg.sweep.seeds, vmap_seeds=True)
     t0 = time.perf_counter()
@@ -235,10 +279,23 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _check_executor(executor: str, workers: int) -> None:
+    if executor == "local" and workers != 1:
+        raise UsageError(f"--workers: the local executor runs one cell at a time, got {workers}; "
+                         "add --executor process (or ray) for more")
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            msg = "--executor ray: Ray is not installed; pip install 'covsim[ray]'"
+            raise UsageError(msg) from None
+
+
 def _sweep(cfg: Config, out: Path, *, executor="local", workers=1, force=False, progress=True):
     """Run (or resume) a sweep; return (manifest, list of failed-cell lines)."""
     from covsim.sweep import run_sweep
 
+    _check_executor(executor, workers)
     manifest = run_sweep(
         cfg, _cell_fn, out, executor=executor, workers=workers, progress=progress, force=force
     )
@@ -253,9 +310,10 @@ CONFIRM_CELLS = 1000
 def cmd_sweep(args) -> int:
     from covsim.sweep import expand_grid
 
+    _check_executor(args.executor, args.workers)
     cfg = _load(args.config, args.profile, args.set)
     _preflight(cfg)
-    out = Path(args.out) if args.out else _default_out(cfg, args.profile, "sweep")
+    out = Path(args.out) if args.out else _default_out(cfg, args, "sweep")
     n = len(expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds))
     if n > CONFIRM_CELLS and not args.yes:
         raise UsageError(
@@ -287,18 +345,53 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_describe(args) -> int:
+    """The parameters (type, default) of a registered task, model, optimizer or runner."""
+    from covsim import registry as R
+
+    found = R.find(args.name)
+    if not found:
+        every = {s: sorted(R.entries(s)) for s in R.SECTIONS}
+        listing = "; ".join(f"{s}: {', '.join(names)}" for s, names in every.items())
+        raise UsageError(f"NAME: {args.name!r} is not registered; {listing}")
+    where = {"task": "[task] kind", "model": "[model] kind", "optim": "[optim] name",
+             "runner": "[experiment] runner"}
+    for e in found:
+        print(f"{e.section} {e.name!r} ({where[e.section]} = \"{e.name}\"): {e.doc}")
+        if e.section == "runner":
+            spec = e.meta
+            print(f"  reads: [task], {', '.join(f'[{s}]' for s in spec.reads)}")
+            if spec.train_keys is not None:
+                print(f"  [train] keys: {', '.join(spec.train_keys)}")
+            if spec.task_keys:
+                print(f"  extra [task] keys: {', '.join(spec.task_keys)}")
+            label = "  [runner] parameters:"
+        else:
+            label = "  parameters:"
+        if e.params is None:
+            print(f"{label} open (the factory checks its keywords)")
+        elif not e.params:
+            print(f"{label} none")
+        else:
+            print(label)
+            for p in e.params:
+                print(f"    {p.line()}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from covsim import plots
     from covsim.claims import CLAIMS
+    from covsim.results import read_config
 
     d = Path(args.dir)
     if not (d / "config.toml").is_file():
         raise UsageError(f"DIR: {d} is not a run or sweep directory (no config.toml)")
-    exp = tomllib.loads((d / "config.toml").read_text("utf-8")).get("experiment", {})
-    claim = CLAIMS.get(exp.get("claim", ""))
+    exp = read_config(d).experiment
+    claim = CLAIMS.get(exp.claim)
     out = Path(args.out) if args.out else d / FIGURES
-    if claim is not None and tuple(claim.experiments) == (exp.get("name"),):
-        files = claim.figure({exp["name"]: d}, out)
+    if claim is not None and tuple(claim.experiments) == (exp.name,):
+        files = claim.figure({exp.name: d}, out)
     else:
         files = plots.plot_run(d, out)
     for f in files:
@@ -504,8 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, out_help: str):
-        sp.add_argument("config", metavar="CONFIG", help="experiment TOML (experiments/*.toml)")
-        sp.add_argument("--profile", choices=PROFILES, default="quick")
+        sp.add_argument(
+            "config", metavar="CONFIG", help="experiment TOML, or an experiment's name"
+        )
+        sp.add_argument(
+            "--profile", metavar="NAME", help="a [profile.NAME] of the file (default: quick)"
+        )
         sp.add_argument("--out", metavar="DIR", help=out_help)
         sp.add_argument(
             "--set",
@@ -536,6 +633,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(fn=cmd_sweep)
 
+    sp = sub.add_parser("describe", help="parameters of a task, model, optimizer or runner")
+    sp.add_argument("name", metavar="NAME", help="e.g. markov, transformer, adam, mle")
+    sp.set_defaults(fn=cmd_describe)
+
     sp = sub.add_parser("plot", help="draw the figures of a run or sweep directory")
     sp.add_argument("dir", metavar="DIR")
     sp.add_argument("--out", metavar="FOLDER", help="default DIR/figures/")
@@ -544,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("reproduce", help="run a claim's experiments, draw, print the verdict")
     sp.add_argument("claim", nargs="?", metavar="CLAIM")
     sp.add_argument("--all", action="store_true", help="every registered claim")
-    sp.add_argument("--profile", choices=PROFILES, default="quick")
+    sp.add_argument("--profile", metavar="NAME", default="quick", help="default quick")
     sp.add_argument("--out", default=RUNS, metavar="DIR", help="runs root (default runs/)")
     sp.add_argument("--figures", metavar="FOLDER", help="default RUNS/figures/")
     sp.add_argument("--report", metavar="FILE", help="default RUNS/REPRODUCTION.md")

@@ -31,7 +31,7 @@ import math
 import re
 import tomllib
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -46,29 +46,38 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from covsim.results import atomic_write_text
+from covsim.checks import DEFAULT_ALPHA
+from covsim.fileio import atomic_write_text, canonical_json
 
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 
 COMPONENTS = ("task", "model", "optim")
-# section -> kind -> allowed parameter names (None: any). Filled by the entry points (cli).
-Registry = dict[str, dict[str, frozenset[str] | None]]
-REGISTRY: Registry = {s: {} for s in COMPONENTS}
+# section -> kind -> allowed parameter names (None: any)
+Registry = Mapping[str, Mapping[str, frozenset[str] | None]]
 
 
 class ConfigError(ValueError):
     """A config problem; the message is one line starting with the dotted field path."""
 
 
-def register(section: str, kind: str, params: Iterable[str] | None = None) -> None:
-    """Allow `kind` in `section` ("task", "model" or "optim"), with these parameter names.
+class _Registered(Mapping):
+    """The registry configs are checked against: section -> {kind: parameter names}, read
+    live from `covsim.registry` (built-ins and whatever plugins registered)."""
 
-    `params=None` leaves the parameters open (the factory validates them).
-    """
-    if section not in COMPONENTS:
-        raise ValueError(f"argument section must be one of {COMPONENTS}, got {section!r}")
-    REGISTRY[section][kind] = None if params is None else frozenset(params)
+    def __getitem__(self, section: str) -> dict[str, frozenset[str] | None]:
+        from covsim import registry as R
+
+        return {n: e.param_names for n, e in R.entries(section).items()}
+
+    def __iter__(self):
+        return iter(COMPONENTS)
+
+    def __len__(self) -> int:
+        return len(COMPONENTS)
+
+
+REGISTRY: Registry = _Registered()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +102,12 @@ class ExperimentSection(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     claim: str = ""
     description: str = ""
-    runner: Annotated[str, Field(min_length=1)] = "train"  # how a cell runs (covsim.experiment)
+    runner: Annotated[str, Field(min_length=1)] = "train"  # how a cell runs (covsim.runners)
+    # modules that register tasks/models/optimizers/runners (covsim.registry), imported from
+    # the config file's folder before the config is validated, and in every worker
+    plugins: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")]] = Field(
+        default_factory=list
+    )
 
 
 class TaskSection(_Component):
@@ -109,6 +123,11 @@ class OptimSection(_Component):
     name: Annotated[str, Field(min_length=1)]
 
 
+class RunnerSection(_Component):
+    """The runner's own settings (`[runner]`): keys and defaults are the runner's parameters
+    (`covsim describe RUNNER`)."""
+
+
 class TrainSection(_Section):
     """Training and evaluation schedule.
 
@@ -116,13 +135,16 @@ class TrainSection(_Section):
     at 0, eval_every, 2·eval_every, ... Optional fields left unset take the trainer's default.
     """
 
-    steps: PosInt
-    batch_size: PosInt
+    # steps, batch_size, eval_every and eval_samples are required by the trainer runners;
+    # a runner that reads fewer [train] keys (covsim.runners.registry) refuses the others
+    steps: PosInt | None = None
+    batch_size: PosInt | None = None
     n_train: PosInt | None = None  # fixed dataset of n_train samples ...
     online: bool = False  # ... or fresh samples every step
     epochs: PosInt | None = None  # fixed dataset: stop after this many passes if before `steps`
-    eval_every: PosInt
-    eval_samples: PosInt
+    eval_every: PosInt | None = None
+    # ≥ 2: the KL's standard error needs two samples
+    eval_samples: Annotated[int, Field(ge=2)] | None = None
     # Thresholds key the records' {N: value} mappings: a repeat would merge two columns.
     Ns: Annotated[
         list[Annotated[float, Field(ge=1, allow_inf_nan=False)]],
@@ -140,9 +162,16 @@ class TrainSection(_Section):
     select_samples: NonNegInt | None = None
 
     @property
+    def interval_alpha(self) -> float:
+        """The level's alpha of the Cov_N intervals: `alpha`, else the trainer's default."""
+        return DEFAULT_ALPHA if self.alpha is None else self.alpha
+
+    @property
     def n_steps(self) -> int:
         """Steps to take: `steps`, or fewer if `epochs` passes over the data end first
         (rounded up to a multiple of `eval_every`)."""
+        if self.steps is None:
+            return 0
         if self.epochs is None or self.n_train is None:
             return self.steps
         evals = math.ceil(self.epochs * self.n_train / (self.batch_size * self.eval_every))
@@ -207,9 +236,10 @@ class Config(_Section):
 
     experiment: ExperimentSection
     task: TaskSection
-    model: ModelSection
-    optim: OptimSection
-    train: TrainSection
+    model: ModelSection | None = None  # the sections a runner reads: see _check_sections
+    optim: OptimSection | None = None
+    train: TrainSection | None = None
+    runner: RunnerSection | None = None
     pretrain: PretrainSection | None = None
     sweep: SweepSection = Field(default_factory=SweepSection)
 
@@ -224,8 +254,7 @@ class Config(_Section):
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of `to_dict()`: equal configs, equal hashes."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
 
     def get(self, path: str) -> Any:
         """Value at a dotted path, e.g. ``cfg.get("task.H")`` (None for an unset optional)."""
@@ -259,9 +288,17 @@ def load_config(
     """
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is tolerated
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    if not raw:
+        raise ConfigError(f"{path}: empty config; an experiment needs [experiment] and [task]")
     reg = REGISTRY if registry is None else registry
     profiles = raw.pop("profile", {})
     if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
@@ -277,7 +314,34 @@ def load_config(
         if not sep or not p.strip():
             raise ConfigError(f"--set {item!r}: expected PATH=VALUE, e.g. train.steps=200")
         _set(raw, _split(p.strip()), parse_value(text.strip()), reg, origin="--set")
+    _load_plugins(raw, path.parent)
     return _build(raw, reg)
+
+
+def _load_plugins(raw: dict[str, Any], folder: Path) -> None:
+    """Import `[experiment] plugins` (from the config's folder) before validating: the kinds
+    and runners they register must be known to the checks."""
+    mods = (raw.get("experiment") or {}).get("plugins") if isinstance(raw, dict) else None
+    if not mods:
+        return
+    if not isinstance(mods, list) or not all(isinstance(m, str) for m in mods):
+        raise ConfigError(f"experiment.plugins: must be a list of module names, got {mods!r}")
+    from covsim import registry as R
+
+    try:
+        R.load_plugins(mods, folder)
+    except Exception as e:  # the plugin's own error: one line naming it
+        raise ConfigError(f"experiment.plugins: {' '.join(str(e).split())}") from None
+
+
+def profile_names(path: str | Path) -> list[str]:
+    """The profiles an experiment file defines ([profile.<name>]), [] if none or unreadable."""
+    try:
+        raw = tomllib.loads(Path(path).read_bytes().decode("utf-8-sig"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    p = raw.get("profile", {})
+    return list(p) if isinstance(p, dict) else []
 
 
 def parse_value(text: str) -> Any:
@@ -306,9 +370,13 @@ def _build(raw: dict[str, Any], registry: Registry) -> Config:
 
 def _check_semantics(cfg: Config, registry: Registry) -> None:
     """Cross-field rules, registered kinds, and that every sweep value gives a valid config."""
-    _check_train(cfg.train, "train")
+    spec = _check_sections(cfg)
+    if cfg.train is not None and spec.train_keys is None:
+        _check_train(cfg.train, "train")
     for section in COMPONENTS:
-        _check_kind(getattr(cfg, section), section, registry)
+        if getattr(cfg, section) is not None:
+            extra = spec.task_keys if section == "task" else ()
+            _check_kind(getattr(cfg, section), section, registry, extra=extra)
     if cfg.pretrain is not None:
         _check_train(cfg.pretrain.train, "pretrain.train")
         for section in ("task", "optim"):
@@ -333,8 +401,55 @@ def _check_semantics(cfg: Config, registry: Registry) -> None:
                 raise ConfigError(f"{where}[{i}]: {e}") from None
 
 
+def _check_sections(cfg: Config):
+    """The sections the runner reads are there, the others are not; a runner reading only
+    some [train] keys gets only those; [runner] holds only the runner's parameters. Returns
+    the runner's spec (`covsim.runners.registry.RunnerSpec`)."""
+    from covsim import registry as R
+
+    name = cfg.experiment.runner
+    entry = R.entry("runner", name)
+    if entry is None:
+        raise ConfigError(
+            f"experiment.runner: must be one of {', '.join(sorted(R.entries('runner')))}, "
+            f"got {name!r}"
+        )
+    spec = entry.meta
+    for section in ("model", "optim", "train", "runner", "pretrain"):
+        present = getattr(cfg, section) is not None
+        if present and section not in spec.reads:
+            raise ConfigError(
+                f"{section}: runner {name!r} does not read [{section}]; remove it (it reads "
+                f"{', '.join(spec.reads)})"
+            )
+        if not present and section in spec.requires:
+            raise ConfigError(f"{section}: required by runner {name!r}")
+    if cfg.train is not None and spec.train_keys is not None:
+        for key in cfg.train.model_dump(exclude_defaults=True):
+            if key not in spec.train_keys:
+                raise ConfigError(
+                    f"train.{key}: not read by runner {name!r}; its [train] keys: "
+                    f"{', '.join(spec.train_keys)}"
+                )
+        for key in spec.train_required:
+            if getattr(cfg.train, key) is None:
+                raise ConfigError(f"train.{key}: required by runner {name!r}")
+    if cfg.runner is not None:
+        allowed = entry.param_names or frozenset()
+        for key in cfg.runner.params:
+            if key not in allowed:
+                raise ConfigError(
+                    f"runner.{key}: unknown parameter of runner {name!r}; allowed: "
+                    f"{', '.join(sorted(allowed)) or 'none'}"
+                )
+    return spec
+
+
 def _check_train(t: TrainSection, where: str) -> None:
     """The cross-field rules of one [train] table (`where` is its dotted path)."""
+    for key in ("steps", "batch_size", "eval_every", "eval_samples"):
+        if getattr(t, key) is None:
+            raise ConfigError(f"{where}.{key}: required key missing")
     if t.online and t.n_train is not None:
         raise ConfigError(
             f"{where}.n_train: must be omitted when {where}.online = true, got {t.n_train}"
@@ -360,8 +475,11 @@ def _check_train(t: TrainSection, where: str) -> None:
             )
 
 
-def _check_kind(spec: _Component, section: str, registry: Registry, prefix: str = "") -> None:
-    """A registered kind (name for optim) with known parameters, if `section` has a registry."""
+def _check_kind(
+    spec: _Component, section: str, registry: Registry, prefix: str = "", extra=()
+) -> None:
+    """A registered kind (name for optim) with known parameters (plus `extra`: keys the
+    runner reads from this section), if `section` has a registry."""
     kinds = registry.get(section) or {}
     if not kinds:  # nothing registered: the factory validates
         return
@@ -374,6 +492,7 @@ def _check_kind(spec: _Component, section: str, registry: Registry, prefix: str 
         )
     allowed = kinds[kind]
     if allowed is not None:
+        allowed = set(allowed) | set(extra) | ({"seed"} if section == "task" else set())
         for key in spec.params:
             if key not in allowed:
                 names = ", ".join(sorted(set(allowed) | set(type(spec).model_fields)))
@@ -387,7 +506,10 @@ def _check_kind(spec: _Component, section: str, registry: Registry, prefix: str 
 def _split(path: str) -> tuple[str, ...]:
     segs = tuple(path.split("."))
     if len(segs) > 2 and segs[:2] == ("sweep", "axes"):
-        return ("sweep", "axes", ".".join(segs[2:]))
+        axis = ".".join(segs[2:])
+        if len(axis) > 1 and axis[0] == axis[-1] == '"':  # sweep.axes."task.H": TOML quoting
+            axis = axis[1:-1]
+        return ("sweep", "axes", axis)
     return segs
 
 
@@ -440,10 +562,16 @@ def _resolve(
         if section in COMPONENTS:
             kind = node.get("name" if section == "optim" else "kind")
             known |= (registry.get(section) or {}).get(kind) or set()
+        if section == "runner":  # the runner's own parameters
+            from covsim import registry as R
+
+            entry = R.entry("runner", (raw.get("experiment") or {}).get("runner", "train"))
+            known |= (entry.param_names if entry else None) or set()
     else:
         known = set(node)
     if key not in known:
-        raise ConfigError(f"{path}: unknown config path; allowed: {', '.join(sorted(known))}")
+        allowed = ", ".join(sorted(known)) or "none"
+        raise ConfigError(f"{path}: unknown config path; allowed: {allowed}")
     return node, key
 
 

@@ -34,7 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtri
 
-from covsim.checks import check_float, check_int, check_Ns, check_same_shape, check_shape
+from covsim.checks import (
+    DEFAULT_ALPHA,
+    check_float,
+    check_int,
+    check_Ns,
+    check_same_shape,
+    check_shape,
+)
 
 Array = jax.Array
 f32 = jnp.float32
@@ -80,7 +87,7 @@ class CoverageProfile(NamedTuple):
 
 
 def coverage_profile(
-    r: Array, Ns: Array, weights: Array | None = None, alpha: float = 0.05
+    r: Array, Ns: Array, weights: Array | None = None, alpha: float = DEFAULT_ALPHA
 ) -> CoverageProfile:
     """Cov_N with a two-sided 1 − alpha **Wilson score** interval, r (n,), Ns (k,).
 

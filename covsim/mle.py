@@ -17,6 +17,9 @@ G(θ) = ‖θ − Proj_Θ(θ − ∇f(θ))‖, which is 0 exactly at the constra
 ‖∇f(θ)‖ at interior points. The loops stop when G ≤ tol · s, where s = (1/n) Σ_i Σ_h
 max_v ‖ϕ(x_i, y_i,<h, v)‖ (≈ H·B) is the scale of a sequence score, so `tol` is relative and
 reachable in float32. Both loops are `lax.while_loop`s inside `jit`: deterministic.
+
+`fit_padded_mle` fits on a zero-padded dataset (one compile for every n and H of a study) from
+a vertex of Θ, which the exact-MLE runners (`covsim.runners.exact_mle`) use.
 """
 
 from __future__ import annotations
@@ -206,3 +209,67 @@ def fit_loglinear_mle(
     info = {"iterations": k, "grad_map": G, "objective": objective, "converged": converged, "L": L}
     return theta, info
 
+
+# ---- the exact MLE on a padded shape ---------------------------------------------------------
+
+
+class _PaddedFeatures:
+    """Stands in for the task in `fit_loglinear_mle`: fixed (padded) features, Θ's R and ball."""
+
+    def __init__(self, F: jax.Array, R: float, ball: str):
+        self.F, self.R, self.ball = F, R, ball
+
+    def features(self, prompts, responses):
+        return self.F
+
+
+def fit_padded_mle(
+    task,
+    prompts,
+    responses,
+    n_pad: int | None = None,
+    H_pad: int | None = None,
+    tol: float = 1e-6,
+    max_iter: int = 5000,
+):
+    """The exact MLE over Θ of n sequences of an AR linear `task` (anything with features,
+    R, ball), fitted on a zero-padded (n_pad, H_pad) dataset, so that one compile serves every
+    n ≤ n_pad and H ≤ H_pad of a study.
+
+    Zero-feature rows/positions contribute a θ-independent constant (−log V per token) to the
+    average log-likelihood, which is scaled by n/n_pad: the argmax, the FISTA iterates (step
+    1/L with L scaled alike) and the relative stopping rule are those of the unpadded fit.
+    The start is the vertex R·sign(−∇f(0)) of Θ (coordinatewise, projected): sequence
+    likelihoods of near-deterministic tokens peak on Θ's boundary, which FISTA would reach only
+    after thousands of steps from 0; coordinates with ∇f(0) = 0 (no data moves them, e.g. an
+    unseen prompt's parameter) start, and therefore stay, at 0.
+    Returns (theta (d,), info) as `fit_loglinear_mle`."""
+    prompts = jnp.asarray(prompts, jnp.int32)
+    responses = jnp.asarray(responses, jnp.int32)
+    n, H = responses.shape
+    n_pad = n if n_pad is None else check_int("n_pad", n_pad, n)
+    H_pad = H if H_pad is None else check_int("H_pad", H_pad, H)
+    F = task.features(prompts, responses)  # (n, H, V, d)
+    F = jnp.pad(F, ((0, n_pad - n), (0, H_pad - H), (0, 0), (0, 0)))
+    y = jnp.pad(responses, ((0, n_pad - n), (0, H_pad - H)))
+    theta0 = _vertex_start(F, y, float(task.R), task.ball)
+    return fit_loglinear_mle(
+        _PaddedFeatures(F, task.R, task.ball),
+        jnp.zeros((n_pad, prompts.shape[1]), jnp.int32),
+        y,
+        theta0=theta0,
+        tol=tol,
+        max_iter=max_iter,
+    )
+
+
+@jax.jit
+def _neg_grad_at_zero(F, y):
+    """−∇f(0) = (1/n) Σ_i Σ_h (ϕ_ihy − mean_v ϕ_ihv): (d,)."""
+    phi_y = jnp.take_along_axis(F, y[..., None, None], axis=-2)[..., 0, :]
+    return jnp.sum(phi_y - jnp.mean(F, axis=-2), axis=(0, 1)) / F.shape[0]
+
+
+def _vertex_start(F, y, R: float, ball: str):
+    s = jnp.sign(_neg_grad_at_zero(F, y))
+    return R * s if ball == "linf" else R * s / jnp.maximum(1.0, jnp.linalg.norm(s))

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from covsim import registry
 from covsim.checks import check_float, check_int
 from covsim.metrics import token_kl
 from covsim.tasks.base import gather_tokens
@@ -229,9 +230,20 @@ def resolve_spec(spec: dict, theory: dict | None = None) -> dict:
         raise TypeError(f"optimizer spec must be a dict, got {type(spec).__name__}")
     name = spec.get("name")
     if name not in _FIELDS:
+        if isinstance(name, str) and registry.entry("optim", name):
+            return {**spec}  # a plugin optimizer validates its own parameters
         raise ValueError(
             f"name: optimizer field 'name' must be one of {list(OPTIMIZERS)}, got {name!r}"
         )
+    # one step-size name for every optimizer: "lr" and "eta" are aliases (the paper writes η)
+    own = "lr" if "lr" in _FIELDS[name] else "eta"
+    alias = "eta" if own == "lr" else "lr"
+    if alias in spec:
+        if own in spec:
+            raise ValueError(f"optimizer fields {own!r} and {alias!r} are the same step size; "
+                             "give one")
+        spec = {**spec, own: spec[alias]}
+        del spec[alias]
     allowed = ("name", "project", *_FIELDS[name])
     for key in spec:
         if key not in allowed:
@@ -297,6 +309,8 @@ def make_optimizer(spec: dict, theory: dict | None = None) -> optax.GradientTran
     trainer feeds (`token_level_sgd_epoch`, `truncated_distillation_loss`)."""
     s = resolve_spec(spec, theory)
     name = s["name"]
+    if name not in _FIELDS:  # registered by a plugin
+        return registry.entry("optim", name).factory(**{k: v for k, v in s.items() if k != "name"})
     if name == "adam":
         keys = ("weight_decay", "b1", "b2", "eps")
         tx = adam(s["lr"], **{k: s[k] for k in keys if k in s})
@@ -385,3 +399,19 @@ def truncated_distillation_loss(teacher_logp, model_logp, responses, A) -> Array
     eps = token_kl(teacher_logp, lax.stop_gradient(model_logp))
     alpha = lax.stop_gradient(truncation_weights(eps, A))
     return -jnp.sum(alpha * gather_tokens(model_logp, responses), axis=-1)
+
+
+def _register_builtin_optimizers() -> None:
+    for name, fields in _FIELDS.items():
+        ps = [registry.Param(f, "float", None if f in _OPTIONAL else registry.EMPTY)
+              for f in fields]
+        own = "lr" if "lr" in fields else "eta"
+        alias = "eta" if own == "lr" else "lr"
+        ps.append(registry.Param(alias, f"float (alias of {own})", None))
+        ps.append(registry.Param("project", "table {radius, ball}", None))
+        registry.register("optim", name, make_optimizer, params=ps,
+                          doc=f"built-in optimizer {name!r} (eta may be \"theory\")"
+                          if "eta" in fields else f"built-in optimizer {name!r}")
+
+
+_register_builtin_optimizers()

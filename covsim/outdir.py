@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from covsim.results import RUN_FILES, TMP_PREFIX, atomic_write_text
+from covsim.fileio import TMP_PREFIX, atomic_write_text
+from covsim.results import RUN_FILES
 
 MARKER = ".covsim.json"
 LOCK = ".covsim.lock"

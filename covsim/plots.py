@@ -18,9 +18,8 @@ be drawn and are left out (the returned summary still holds them).
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from covsim.results import TMP_PREFIX, read_metrics, read_summaries  # noqa: E402
+from covsim.fileio import atomic_write_text  # noqa: E402
+from covsim.results import read_metrics, read_summaries  # noqa: E402
+from covsim.stats import finals, linear_fit  # noqa: E402
 
 DPI = 150
 INF_MARKER = "^"
@@ -167,39 +168,6 @@ def band_plot(
 # Fits and overlays
 
 
-def _fit(x, y) -> tuple[float, float, float]:
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(
-            f"arguments x and y must be 1-D of one length, got shapes {x.shape}, {y.shape}"
-        )
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if x.size < 2 or np.ptp(x) == 0:
-        return math.nan, math.nan, math.nan
-    slope, icpt = np.polyfit(x, y, 1)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    ss_res = float(np.sum((y - (slope * x + icpt)) ** 2))
-    r2 = 1 - ss_res / ss_tot if ss_tot > 0 else math.nan
-    return float(slope), float(icpt), r2
-
-
-def linear_fit(x, y) -> tuple[float, float, float]:
-    """Least squares y ≈ slope · x + intercept over the finite pairs: (slope, intercept, R²).
-
-    Fewer than two distinct finite x give NaNs; R² is NaN when y is constant."""
-    return _fit(np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel())
-
-
-def loglog_fit(x, y) -> tuple[float, float, float]:
-    """Power law y ≈ e^intercept · x^slope by least squares on (log x, log y) over the pairs
-    with both positive and finite: (slope, intercept, R² in log space)."""
-    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
-    ok = (x > 0) & (y > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return _fit(np.where(ok, np.log(x), np.nan), np.where(ok, np.log(y), np.nan))
-
-
 def theory_line(ax, x, y, label: str, **kw):
     """A theory curve: dashed, dark grey unless `color` is given. Returns the Line2D."""
     kw = {"color": "0.25", "lw": 1.5, "ls": "--", **kw}
@@ -215,15 +183,66 @@ def save(fig, path: str | Path, dpi: int = DPI) -> Path:
     if not fmt:
         raise ValueError(f"argument path needs a suffix naming the format (.png), got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{TMP_PREFIX}{path.stem}-{secrets.token_hex(4)}{path.suffix}"
     try:
         fig.tight_layout()
-        fig.savefig(tmp, dpi=dpi, format=fmt)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=dpi, format=fmt)
+        atomic_write_text(path, buf.getvalue())
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# A length sweep (Fig. 2's layout)
+
+
+def length_figure(d: Path, by: str, N: int, label_fmt: str, xlabel: str, title: str,
+                  fit_label: str = "final KL", q: Sequence[float] = (1 / 16, 15 / 16)):
+    """Fig. 2's three panels from sweep directory d: KL, Cov_N and KL/Cov_N against training
+    step, one line per value of the length axis `by` (median over seeds, band = 1/16–15/16
+    quantiles), with the linear fit of the final KL; returns the matplotlib figure."""
+    df = read_metrics(d)
+    col = f"cov@{N}"
+    df = df.assign(ratio=df["kl"] / df[col].where(df[col] > 0))
+    fin = finals(df, by)
+    Hs = sorted(int(h) for h in fin[by].unique())
+    kl_med = [float(np.nanmedian(fin.loc[fin[by] == h, "kl"])) for h in Hs]
+    slope, icpt, r2 = linear_fit(Hs, kl_med)
+    seeds = int(fin.groupby(by)["seed"].nunique().min())
+
+    fig, axs = plt.subplots(1, 3, figsize=(14, 4.2))
+    panels = [
+        ("kl", "sequence KL(π_D ‖ π̂) [nats]", True),
+        (col, f"Cov_{N} (π_D mass with π_D/π̂ ≥ {N})", False),
+        ("ratio", f"KL / Cov_{N} [nats]", True),
+    ]
+    for ax, (y, label, logy) in zip(axs, panels, strict=True):
+        band_plot(ax, df, "step", y, by=by, q=q, label_fmt=label_fmt,
+                        logy=logy, marker=".", ms=3)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axs[1].set_ylim(0, 1)
+    # the final plateau of Cov_N is what the claim is about: a zoomed inset
+    ins = axs[1].inset_axes([0.38, 0.35, 0.58, 0.55])
+    band_plot(ins, df[df["step"] > 0], "step", col, by=by, q=q, marker=".", ms=2)
+    ins.set_xlabel("")
+    ins.set_ylabel("")
+    ins.tick_params(labelsize=7)
+    lo = float(np.nanquantile(fin[col], 0.0))
+    hi = float(np.nanquantile(fin[col], 1.0))
+    pad = max(0.01, hi - lo)
+    ins.set_ylim(max(0.0, lo - pad), hi + pad)
+    ins.set_title("zoom: steps > 0", fontsize=7)
+    ins.grid(alpha=0.3)
+    fit = f"{fit_label} ≈ {slope:.3f}·H {icpt:+.2f} (R² {r2:.3f})"
+    axs[0].plot([], [], " ", label=fit)
+    axs[0].legend(fontsize=7)
+    axs[2].legend(fontsize=7)
+    fig.suptitle(f"{title}; median over {seeds} seeds, band = 1/16–15/16 quantiles",
+                 fontsize=9)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,13 +44,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covsim.checks import check_int
+from covsim.config import Config, load_config
+from covsim.fileio import TMP_PREFIX, atomic_write_text, write_synced
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from covsim.config import Config
-
-TMP_PREFIX = ".covsim-tmp-"
 RUN_FILES = ("config.toml", "metrics.jsonl", "summary.json")
 DONE = "done.json"  # the checksums of a finished run directory, written last
 MANIFEST = "manifest.json"
@@ -163,43 +162,6 @@ def dumps(x: Any, indent: int | None = None) -> str:
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def atomic_write_text(path: str | Path, text: str | bytes) -> None:
-    """Write `text` (or bytes) to `path` via a temp file in the same directory and
-    `os.replace`: readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
-    try:
-        _write_synced(tmp, text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_synced(path: Path, data: str | bytes) -> None:
-    # "x": a fresh file, mode from the umask
-    with open(path, "xb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def remove_temps(directory: Path) -> list[str]:
-    """Delete what interrupted writers left in `directory` (names starting with TMP_PREFIX)."""
-    removed = []
-    for p in Path(directory).glob(TMP_PREFIX + "*"):
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-        removed.append(p.name)
-    return removed
-
-
 class CorruptResult(ValueError):
     """A result file on disk is incomplete, unreadable or changed since covsim wrote it."""
 
@@ -255,8 +217,8 @@ def write_run(
     try:
         tmp.mkdir()
         for name, data in files.items():
-            _write_synced(tmp / name, data)
-        _write_synced(tmp / DONE, done + "\n")
+            write_synced(tmp / name, data)
+        write_synced(tmp / DONE, done + "\n")
         os.replace(tmp, run_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -338,6 +300,15 @@ def read_run(run_dir: str | Path) -> Run:
         diverged_step=s["diverged_step"],
     )
     return Run(tomllib.loads((p / "config.toml").read_text("utf-8")), result, s["coords"])
+
+
+def read_config(directory: str | Path) -> Config:
+    """The typed config a run or sweep directory was written with (its resolved config.toml,
+    validated again): what claims and readers use instead of parsing the TOML themselves."""
+    path = Path(directory) / "config.toml"
+    if not path.is_file():
+        raise CorruptResult(f"{path}: missing (not a run or sweep directory)")
+    return load_config(path, None)
 
 
 def read_records(run_dir: str | Path) -> list[dict[str, Any]]:

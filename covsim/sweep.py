@@ -22,7 +22,6 @@ same time is refused, and so is a directory covsim did not write.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import multiprocessing
@@ -42,6 +41,7 @@ from tqdm.auto import tqdm
 
 from covsim.checks import check_int
 from covsim.config import Config, ConfigError, dump_config
+from covsim.fileio import atomic_write_text, digest, remove_temps
 from covsim.outdir import owned_output, results_bytes
 from covsim.results import (
     EVENTS,
@@ -49,10 +49,8 @@ from covsim.results import (
     MANIFEST,
     CorruptResult,
     RunResult,
-    atomic_write_text,
     dumps,
     read_manifest,
-    remove_temps,
     to_jsonable,
     verify_run,
     write_run,
@@ -67,12 +65,8 @@ class SweepError(RuntimeError):
     """The sweep cannot run in this directory (e.g. it holds a different sweep)."""
 
 
-def _canonical(x: Any) -> str:
-    return json.dumps(to_jsonable(x), sort_keys=True, separators=(",", ":"))
-
-
 def _digest(x: Any) -> bytes:
-    return hashlib.sha256(_canonical(x).encode()).digest()
+    return digest(to_jsonable(x))
 
 
 @dataclass(frozen=True)
@@ -350,9 +344,10 @@ def sweep_bytes(cfg: Config, cells: Sequence[Cell]) -> int:
     """Estimated bytes of the results of `cells` (one record per evaluation and seed; see
     `covsim.outdir.results_bytes`)."""
     t = cfg.train
-    evals = t.n_steps // t.eval_every + 1
+    evals = t.n_steps // t.eval_every + 1 if t is not None and t.eval_every else 1
+    thresholds = len(t.Ns) + len(t.pass_at) if t is not None else 0
     records = evals * sum(len(c.seeds) for c in cells)
-    return results_bytes(records, len(t.Ns) + len(t.pass_at), len(cells))
+    return results_bytes(records, thresholds, len(cells))
 
 
 def run_sweep(

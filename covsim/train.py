@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from covsim.checks import check_float, check_int, check_Ns
+from covsim.checks import DEFAULT_ALPHA, check_float, check_int, check_Ns
 from covsim.evaluate import EvalMetrics, chunked_log_prob, evaluate, make_eval_set
 from covsim.optim import truncated_distillation_loss
 from covsim.tasks.base import Task, gather_tokens
@@ -64,7 +64,7 @@ class TrainSpec:
     distill_N: float = 16.0
     # "batch": one optimizer update per batch; "token": one per token position (Eq. 12).
     update: Literal["batch", "token"] = "batch"
-    alpha: float = 0.05  # coverage intervals are (1 - alpha) Wilson intervals
+    alpha: float = DEFAULT_ALPHA  # coverage intervals are (1 - alpha) Wilson intervals
     keep_params: bool = False  # stack the parameters of every checkpoint in the output
     # held-out π_D samples whose log π̂(y|x) is kept at every checkpoint (in
     # EvalMetrics.select_logq): the observable data covsim.select's tournaments score on

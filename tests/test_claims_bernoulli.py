@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from covsim.claims import CLAIMS
-from covsim.claims.bernoulli import C_BOUND, check, run_bernoulli, upper_quantile
+from covsim.claims.bernoulli import C_BOUND, check, upper_quantile
 from covsim.config import load_config
 from covsim.results import RunResult, write_run
+from covsim.runners.closed_form import run_bernoulli
 from covsim.sweep import cell_config, expand_grid
 from covsim.tasks.bernoulli import bernoulli_cov, bernoulli_kl
 
@@ -143,7 +144,7 @@ def test_registered():
 
 @pytest.mark.slow
 def test_quick_profile_end_to_end(tmp_path):
-    from covsim.experiment import run_cell
+    from covsim.runners import run_cell
     from covsim.sweep import run_sweep
 
     out = tmp_path / "bernoulli"

@@ -17,6 +17,7 @@ from covsim.claims import CLAIMS, fig1
 from covsim.config import load_config
 from covsim.results import RunResult
 from covsim.select import tournament
+from covsim.stats import spearman
 from covsim.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,12 +192,12 @@ def test_spearman_matches_scipy_with_ties():
         a = rng.integers(0, 5, 30)  # many ties
         b = a + rng.integers(-3, 4, 30)
         want = stats.spearmanr(a, b).statistic
-        assert fig1.spearman(a, b) == pytest.approx(want, abs=1e-12)
+        assert spearman(a, b) == pytest.approx(want, abs=1e-12)
         # a pandas Series with a shuffled index is ranked by position, as arrays are
         sa = pd.Series(a, index=rng.permutation(30))
-        assert fig1.spearman(sa, b) == pytest.approx(want, abs=1e-12)
-    assert fig1.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert math.isnan(fig1.spearman([1, 1, 1], [1, 2, 3]))
+        assert spearman(sa, b) == pytest.approx(want, abs=1e-12)
+    assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
 
 
 def test_figure(tmp_path):
@@ -210,7 +211,7 @@ def test_quick_profile_end_to_end(tmp_path):
     checkpoint has Pass@N, Cov_{N/2} and a tournament pick, and the figure is drawn. The
     verdict itself is not asserted: at this scale the claim does not hold (REPRODUCTION.md
     says why)."""
-    from covsim.experiment import run_cell
+    from covsim.runners import run_cell
 
     out = tmp_path / "fig1"
     cfg = load_config(TOML, "quick")

@@ -169,7 +169,7 @@ def test_figure(tmp_path):
 def test_quick_profile_end_to_end(tmp_path):
     """The quick profile on a 2-core CPU (≈ 10 min): the transformer learns the majority
     class at every H and the claim holds."""
-    from covsim.experiment import run_cell
+    from covsim.runners import run_cell
 
     out = tmp_path / "fig2"
     run_sweep(load_config(TOML, "quick"), run_cell, out, progress=False)

@@ -12,10 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from covsim import stats
 from covsim.claims import CLAIMS
 from covsim.claims import horizon as hz
 from covsim.config import load_config
 from covsim.results import RunResult, read_summaries
+from covsim.runners.tabular import tabular_model_fn
+from covsim.runners.train import class_log_ratios
 from covsim.sweep import run_sweep
 from covsim.train import TrainSpec
 
@@ -118,11 +121,11 @@ def test_figure(tmp_path):
 
 def test_wilson_half_width():
     """Against the closed form at z = 1.959964 (alpha = 0.05), and z(0.05) itself."""
-    assert hz._z(0.05) == pytest.approx(1.959964, abs=1e-6)
+    assert stats.z_value(0.05) == pytest.approx(1.959964, abs=1e-6)
     p, n, z = 0.05, 4096, 1.959964
     d = 1 + z * z / n
     want = z / d * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    assert hz.wilson_half_width(p, n, 0.05) == pytest.approx(want, rel=1e-6)
+    assert stats.wilson_half_width(p, n, 0.05) == pytest.approx(want, rel=1e-6)
 
 
 TINY = """
@@ -168,7 +171,7 @@ def test_runner_per_class_scores(tmp_path):
     ≥ 9 with probability < 3e-4: so KL/token ≥ (1 − 9/512) log 3 − 0.01 and Cov_2 ≥ 1 − 9/512."""
     p = tmp_path / "tiny.toml"
     p.write_text(TINY)
-    from covsim.experiment import run_cell
+    from covsim.runners import run_cell
 
     out = tmp_path / "out"
     run_sweep(load_config(p, None), run_cell, out, progress=False)
@@ -190,7 +193,7 @@ def test_model_fn_refuses_other_learners(tmp_path):
 
     cfg = load_config(p, None)
     with pytest.raises(ValueError, match="model.kind"):
-        hz.tabular_model_fn(cfg, build_task(cfg))
+        tabular_model_fn(cfg, build_task(cfg))
 
 
 def test_class_log_ratios_layout():
@@ -218,7 +221,7 @@ def test_class_log_ratios_layout():
 
     t = Plumbing()
     params = jax.tree.map(lambda a: jnp.stack([a, a]), p0)  # two "seeds"
-    r = np.asarray(hz.class_log_ratios(t, params, task, jax.random.key(0), 256))
+    r = np.asarray(class_log_ratios(t, params, task, jax.random.key(0), 256))
     assert r.shape == (2, 2, 256)
     # log_softmax(z / 0.001) subtracts numbers ≈ |z|/T ≤ 5000 whose float32 ulp is 4.9e-4:
     # each of the 3 token log-probs of π_D is exact to that, so |error| ≤ 1.5e-3
@@ -233,7 +236,7 @@ def test_class_log_ratios_layout():
 
 @pytest.mark.slow
 def test_quick_profile_end_to_end(tmp_path):
-    from covsim.experiment import run_cell
+    from covsim.runners import run_cell
 
     out = tmp_path / "horizon"
     run_sweep(load_config(TOML, "quick"), run_cell, out, progress=False)
@@ -241,3 +244,25 @@ def test_quick_profile_end_to_end(tmp_path):
     v = CLAIMS["horizon"].check(dirs)
     assert v.passed, v.line()
     assert all(f.is_file() for f in CLAIMS["horizon"].figure(dirs, tmp_path / "fig"))
+
+
+#: The quick profile's numbers as measured before runners moved out of the claims (commit
+#: 96640fa, `covsim reproduce horizon --profile quick` on a 2-core x86-64 CPU, jax 0.10.2):
+#: the refactor must not change a number. Float32 trainer outputs: compared to 1e-6.
+BEFORE_SPLIT = {
+    "kl_median": [0.8533568382263184, 1.6814740896224976, 3.1810386180877686, 6.815060138702393],
+    "cov16_median": [0.0504150390625, 0.0513916015625, 0.0479736328125, 0.0517578125],
+    "rare_kl_token": [2.0240763425827026, 2.0298879146575928, 2.0302995443344116,
+                      2.0262115001678467],
+}
+
+
+@pytest.mark.slow
+def test_quick_profile_numbers_are_unchanged_by_the_runner_split(tmp_path, capsys):
+    from covsim.cli import main
+
+    args = ["-q", "reproduce", "horizon", "--profile", "quick", "--out", str(tmp_path / "r")]
+    assert main(args) == 0
+    v = CLAIMS["horizon"].check({"horizon": tmp_path / "r" / "quick" / "horizon"})
+    for key, want in BEFORE_SPLIT.items():
+        assert v.numbers[key] == pytest.approx(want, rel=1e-6), key

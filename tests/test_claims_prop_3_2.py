@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from covsim.claims import CLAIMS
-from covsim.claims.prop_3_2 import check, run_prop_3_2
-from covsim.claims.sample_size import fit_mle, iid_token_scores
+from covsim.claims.prop_3_2 import check
 from covsim.config import load_config
+from covsim.mle import fit_padded_mle as fit_mle
 from covsim.results import RunResult, write_run
+from covsim.runners.exact_mle import run_prop_3_2
 from covsim.sweep import cell_config, expand_grid
-from covsim.tasks.linear import AutoregressiveLinear
+from covsim.tasks.linear import AutoregressiveLinear, iid_token_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 TOML = ROOT / "experiments" / "prop_3_2.toml"
@@ -160,7 +161,7 @@ def test_registered():
 
 @pytest.mark.slow
 def test_quick_profile_end_to_end(tmp_path):
-    from covsim.experiment import run_cell
+    from covsim.runners import run_cell
     from covsim.sweep import run_sweep
 
     out = tmp_path / "prop_3_2"

@@ -13,19 +13,15 @@ import pytest
 
 from covsim import metrics as M
 from covsim.claims import CLAIMS
-from covsim.claims.sample_size import (
-    check,
-    expected_missing_mass,
-    fit_mle,
-    iid_token_scores,
-    rare_prompts_task,
-    run_sample_size,
-)
+from covsim.claims.sample_size import check
 from covsim.config import load_config
+from covsim.mle import fit_padded_mle as fit_mle
 from covsim.results import RunResult, write_run
+from covsim.runners.exact_mle import run_sample_size
 from covsim.sweep import cell_config, expand_grid
 from covsim.tasks.base import exact_joint
-from covsim.tasks.linear import AutoregressiveLinear
+from covsim.tasks.linear import AutoregressiveLinear, iid_token_scores
+from covsim.tasks.paper import expected_missing_mass, rare_prompts_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TOML = ROOT / "experiments" / "sample_size.toml"
@@ -224,7 +220,7 @@ def test_registered():
 
 @pytest.mark.slow
 def test_quick_profile_end_to_end(tmp_path):
-    from covsim.experiment import run_cell
+    from covsim.runners import run_cell
     from covsim.sweep import run_sweep
 
     out = tmp_path / "sample_size"

@@ -16,6 +16,7 @@ from covsim.claims import variance as V
 from covsim.config import load_config
 from covsim.mle import fit_loglinear_mle
 from covsim.results import RunResult, read_metrics
+from covsim.stats import spearman
 from covsim.sweep import run_sweep
 from covsim.tasks.linear import AutoregressiveLinear
 
@@ -55,13 +56,13 @@ def test_registered():
 
 
 def test_spearman():
-    assert V.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert V.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # ties get average ranks: ranks (1.5, 1.5, 3, 4) against (1, 2, 3, 4)
     r = np.array([1.5, 1.5, 3, 4])
     want = np.corrcoef(r, [1, 2, 3, 4])[0, 1]
-    assert V.spearman([1, 2, 3, 4], [0, 0, 5, 7]) == pytest.approx(want)
-    assert math.isnan(V.spearman([1, 2, 3], [5, 5, 5]))
+    assert spearman([1, 2, 3, 4], [0, 0, 5, 7]) == pytest.approx(want)
+    assert math.isnan(spearman([1, 2, 3], [5, 5, 5]))
 
 
 def test_theory_constant_recovers_c():
@@ -99,7 +100,7 @@ def test_figure(tmp_path):
 def test_mle_runner(tmp_path):
     """Two seeds on a tiny instance: records carry the exact σ⋆², Cov_N inside its Wilson
     interval, and θ̂ equal to a direct fit of the same data (the runner's keys)."""
-    from covsim.experiment import run_cell
+    from covsim.runners import run_cell
     from covsim.sweep import cell_config, expand_grid
 
     over = ["task.H=4", "task.d=4", "task.pivotal=[0, 2]", "train.n_train=16",
@@ -116,24 +117,23 @@ def test_mle_runner(tmp_path):
     cell = expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=True)[0]
     k_data, _ = jax.random.split(jax.random.key(cell.rng_seed(0)))
     x, y = task.sample(k_data, 16)
-    theta, _ = fit_loglinear_mle(task, x, y, **cell_config(cfg, cell).optim.params)
+    theta, _ = fit_loglinear_mle(task, x, y, **cell_config(cfg, cell).runner.params)
     row = df[df["seed"] == 0].iloc[0]
     assert row["theta_norm"] == pytest.approx(float(np.linalg.norm(theta)), rel=1e-5)
 
 
-def test_mle_runner_refuses_other_learners(tmp_path):
-    from covsim.experiment import run_cell
-    from covsim.sweep import expand_grid
+def test_mle_runner_refuses_sections_it_does_not_read(tmp_path):
+    """The learner is the task's own log-linear model: a [model] (or [optim]) would only
+    pretend to choose it, so the config is refused before anything runs."""
+    from covsim.config import ConfigError
 
-    cfg = load_config(TOML, "quick", ["model.kind=tabular", "sweep.axes={}"])
-    cell = expand_grid({}, [0], vmap_seeds=True)[0]
-    with pytest.raises(ValueError, match="model.kind"):
-        run_cell(cfg, cell)
+    with pytest.raises(ConfigError, match=r"^model: runner 'mle' does not read \[model\]"):
+        load_config(TOML, "quick", ["model.kind=tabular", "sweep.axes={}"])
 
 
 @pytest.mark.slow
 def test_quick_profile_end_to_end(tmp_path):
-    from covsim.experiment import run_cell
+    from covsim.runners import run_cell
 
     out = tmp_path / "variance"
     run_sweep(load_config(TOML, "quick"), run_cell, out, progress=False)

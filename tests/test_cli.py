@@ -16,13 +16,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
+from tiny import TRAINER
 
 from covsim import claims, plots
 from covsim.claims import Claim, Verdict
 from covsim.cli import main, read_report_rows, update_report
-from covsim.results import RUN_FILES, read_manifest, read_metrics
+from covsim.results import RUN_FILES, RunResult, read_manifest, read_metrics
 
-TINY = """
+TINY = (
+    """
 [experiment]
 name = "tiny"
 claim = "{claim}"
@@ -31,22 +33,9 @@ claim = "{claim}"
 kind = "markov"
 V = 4
 H = 3
-
-[model]
-kind = "tabular"
-
-[optim]
-name = "adam"
-lr = 0.1
-
-[train]
-steps = 20
-batch_size = 8
-n_train = 32
-eval_every = 10
-eval_samples = 128
-Ns = [2, 8]
-
+"""
+    + TRAINER
+    + """
 [sweep]
 seeds = {seeds}
 vmap_seeds = {vmap}
@@ -57,6 +46,7 @@ vmap_seeds = {vmap}
 [profile.full]
 "train.steps" = 40
 """
+)
 
 
 def _tiny(tmp_path, name="tiny.toml", claim="", seeds=2, vmap=True, edit=None):
@@ -123,9 +113,8 @@ def test_bad_command_line_values_exit_2(tmp_path, capsys):
     assert "expected PATH=VALUE" in capsys.readouterr().err
     assert main(["run", str(cfg), "--set", "sweep.axes.task.H=[2, 3]"]) == 2
     assert capsys.readouterr().err.startswith("sweep.axes: `covsim run` runs one point")
-    with pytest.raises(SystemExit) as e:  # argparse: unknown profile
-        main(["run", str(cfg), "--profile", "huge"])
-    assert e.value.code == 2
+    assert main(["run", str(cfg), "--profile", "huge"]) == 2  # a profile the file lacks
+    assert "unknown profile 'huge'" in capsys.readouterr().err
 
 
 def console_script() -> Path:
@@ -279,9 +268,10 @@ def test_reproduce_update_repo_writes_the_checkouts_report_and_figures(
     assert "toy_pass" in read_report_rows(repo / "REPRODUCTION.md")
     assert (repo / "figures" / "toy_pass.png").is_file()
     assert not (toy_claims / "runs" / "REPRODUCTION.md").exists()
-    assert "[toy_pass.png](figures/toy_pass.png)" in read_report_rows(repo / "REPRODUCTION.md")[
-        "toy_pass"
-    ]
+    assert (
+        "[toy_pass.png](figures/toy_pass.png)"
+        in read_report_rows(repo / "REPRODUCTION.md")["toy_pass"]
+    )
 
 
 def test_update_repo_outside_a_checkout_is_a_usage_error(toy_claims, monkeypatch, capsys):
@@ -327,3 +317,98 @@ def test_report_notes_after_the_tail_marker_survive(tmp_path):
     update_report(path, {"a": "| `a` | 2 |"})
     assert read_report_rows(path) == {"a": "| `a` | 2 |"}
     assert path.read_text().endswith(tail)
+
+
+def _no_compute(*a, **k):
+    raise AssertionError("compute started although the command should have been refused")
+
+
+@pytest.mark.parametrize(
+    "override, start",
+    [
+        ("sweep.axes={'task.V' = [4, 1]}", "task"),  # the second value of an axis
+        ("train.pass_at=[4]", "train.pass_at: task kind 'markov' has no verifier"),
+        ("train.eval_samples=1", "train.eval_samples: must be ≥ 2"),
+        ("experiment.runner='nope'", "experiment.runner: must be one of"),
+        ("runner.tol=1.0", "runner.tol: unknown config path; allowed: none"),
+    ],
+)
+def test_every_cell_is_validated_before_compute(tmp_path, monkeypatch, capsys, override, start):
+    from covsim import cli
+
+    monkeypatch.setattr(cli, "_cell_fn", _no_compute)
+    cfg = _tiny(tmp_path)
+    assert main(["-q", "sweep", str(cfg), "--out", str(tmp_path / "o"), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(start), err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, start",
+    [
+        (["--workers", "2"], "--workers: the local executor runs one cell at a time"),
+        (["--executor", "ray"], "--executor ray: Ray is not installed"),
+    ],
+)
+def test_bad_executor_choices_are_one_line(tmp_path, monkeypatch, capsys, extra, start):
+    if "ray" in extra:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is not None:
+            pytest.skip("Ray is installed here")
+    from covsim import cli
+
+    monkeypatch.setattr(cli, "_cell_fn", _no_compute)
+    assert main(["-q", "sweep", str(_tiny(tmp_path)), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(start), err
+
+
+@pytest.mark.parametrize(
+    "content, start",
+    [
+        (b"", "empty config"),
+        (b"\xff\xfe[experiment]\n", "not UTF-8 text"),
+        (b"[experiment\n", "invalid TOML"),
+    ],
+)
+def test_unreadable_config_files_are_one_line(tmp_path, capsys, content, start):
+    p = tmp_path / "bad.toml"
+    p.write_bytes(content)
+    assert main(["-q", "run", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and start in err and "Traceback" not in err, err
+
+
+def test_profiles_bom_and_experiment_names(tmp_path, monkeypatch, capsys):
+    """A file without profiles runs as written; any profile the file defines is accepted; a
+    byte-order mark is tolerated; CONFIG may be an experiment's name."""
+    from covsim import cli
+
+    monkeypatch.setattr(cli, "_cell_fn", lambda c, cell: _toy_result(cell))
+    text = TINY.format(claim="", seeds=1, vmap="true")
+    bare = text.split("[profile.quick]")[0]
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "bare.toml").write_bytes(b"\xef\xbb\xbf" + bare.encode())
+    (tmp_path / "experiments" / "tiny.toml").write_text(
+        text + '\n[profile.mine]\n"train.steps" = 10\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "run", "bare"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "runs" / "default" / "tiny-run" / "done.json").is_file()
+    assert main(["-q", "sweep", "tiny", "--profile", "mine"]) == 0
+    assert (tmp_path / "runs" / "mine" / "tiny" / "manifest.json").is_file()
+    assert main(["-q", "run", "tiny", "--profile", "huge"]) == 2
+    assert "unknown profile 'huge'" in capsys.readouterr().err
+    assert main(["-q", "run", "nonexistent"]) == 2
+    assert capsys.readouterr().err.startswith("CONFIG: no such file nonexistent")
+
+
+def _toy_result(cell):
+    recs = [
+        {"step": s, "seed": seed, "kl": 1.0, "cov": {2: 0.5, 8: 0.1}}
+        for seed in cell.seeds
+        for s in (0, 10)
+    ]
+    return RunResult(recs)

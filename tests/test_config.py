@@ -20,7 +20,7 @@ weights = [0.94, 0.05, 0.01]
 
 [model]
 kind = "tabular"
-alpha = 0.5
+init_scale = 0.5
 
 [optim]
 name = "adam"
@@ -75,7 +75,7 @@ def test_valid_config_loads(tmp_path):
     assert cfg.experiment.name == "horizon"
     assert cfg.task.kind == "mixture" and cfg.task.H == 8
     assert cfg.task.params == {"weights": [0.94, 0.05, 0.01]}
-    assert cfg.model.params == {"alpha": 0.5} and cfg.optim.params == {"lr": 1e-3}
+    assert cfg.model.params == {"init_scale": 0.5} and cfg.optim.params == {"lr": 1e-3}
     assert cfg.train.Ns == [2.0, 4.0, 16.0] and cfg.train.pass_at == [1, 4]
     assert cfg.train.online is False and cfg.train.epochs is None
     assert cfg.sweep.seeds == [0, 1, 2, 3]
@@ -183,7 +183,10 @@ def test_invalid_toml_is_one_line(tmp_path):
         ("train.stepz=3", "train.stepz: unknown config path; allowed: Ns, alpha, batch_size,"),
         ("trian.steps=3", "trian.steps: unknown config path; sections: experiment,"),
         ("task.weights.x=1", "task.weights.x: unknown config path"),
-        ("model.depth=3", "model.depth: unknown config path; allowed: alpha, kind"),
+        (
+            "model.depth=3",
+            "model.depth: unknown config path; allowed: init, init_scale, kind, order,",
+        ),
         ("train.steps", "--set 'train.steps': expected PATH=VALUE"),
         ("train.steps=-3", "train.steps: must be ≥ 1, got -3"),
         ("train.steps=ten", "train.steps: must be an integer, got 'ten'"),
@@ -200,15 +203,18 @@ def test_unknown_path_in_a_profile_names_the_profile(tmp_path):
 
 
 def test_registry_checks_kinds_and_parameter_names(tmp_path):
-    reg = {"task": {"mixture": {"weights"}}, "model": {"tabular": {"alpha", "depth"}, "gpt": None}}
+    reg = {
+        "task": {"mixture": {"weights"}},
+        "model": {"tabular": {"init_scale", "depth"}, "gpt": None},
+    }
     cfg = load(tmp_path, BASE, registry=reg)
-    assert cfg.model.params == {"alpha": 0.5}
+    assert cfg.model.params == {"init_scale": 0.5}
     # a registered parameter can be added by an override even if the file does not set it
     assert load(tmp_path, BASE, None, ["model.depth=3"], registry=reg).model.params["depth"] == 3
     msg = error(tmp_path, BASE.replace('kind = "tabular"', 'kind = "mlp"'), registry=reg)
     assert msg == "model.kind: unknown kind 'mlp'; allowed: gpt, tabular"
-    msg = error(tmp_path, BASE.replace("alpha = 0.5", "foo = 1"), registry=reg)
-    assert msg == "model.foo: unknown key; allowed: alpha, depth, kind"
+    msg = error(tmp_path, BASE.replace("init_scale = 0.5", "foo = 1"), registry=reg)
+    assert msg == "model.foo: unknown key; allowed: depth, init_scale, kind"
     # unregistered sections (optim here) stay open
     assert (
         load(tmp_path, BASE.replace('name = "adam"', 'name = "sgd"'), registry=reg).optim.name
@@ -294,8 +300,11 @@ def test_pretrain_stage_loads_and_takes_overrides(tmp_path):
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("n_train = 500", "online = true\nn_train = 500",
-         "pretrain.train.n_train: must be omitted when pretrain.train.online = true"),
+        (
+            "n_train = 500",
+            "online = true\nn_train = 500",
+            "pretrain.train.n_train: must be omitted when pretrain.train.online = true",
+        ),
         ("steps = 100", "steps = 120", "pretrain.train.steps: must be a multiple of"),
         ("batch_size = 8", "batch_size = 0", "pretrain.train.batch_size: must be ≥ 1"),
         ('name = "adam"\nlr = 1e-3', "lr = 1e-3", "pretrain.optim.name: required key missing"),

@@ -4,7 +4,8 @@ and a cell run returns contract records (with checkpoints when asked)."""
 import pytest
 
 from covsim.config import load_config
-from covsim.experiment import make_task, run_cell, train_spec
+from covsim.experiment import make_task, train_spec
+from covsim.runners import run_cell
 from covsim.sweep import expand_grid
 
 TINY = """
@@ -61,7 +62,10 @@ def test_every_task_kind_builds(spec):
     "spec, match",
     [
         ({"kind": "lstm"}, "task.kind"),
-        ({"kind": "markov", "V": 3, "H": 4, "colour": 1}, "task: bad parameters"),
+        (
+            {"kind": "markov", "V": 3, "H": 4, "colour": 1},
+            "task.colour: unknown parameter of task kind .markov.; allowed: H, V",
+        ),
         ({"kind": "mixture", "weights": [1.0]}, "task.components"),
     ],
 )

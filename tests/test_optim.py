@@ -191,7 +191,8 @@ def test_make_optimizer_builds_the_named_transform():
 
 @pytest.mark.parametrize("spec,theory,match", [
     ({"name": "sgdd", "eta": 1.0}, None, r"field 'name' must be one of \['sgd', "),
-    ({"name": "sgd", "eta": 1.0, "lr": 2.0}, None, r"unknown field 'lr'; allowed fields: \["),
+    ({"name": "sgd", "eta": 1.0, "lr": 2.0}, None, "'eta' and 'lr' are the same step size"),
+    ({"name": "sgd", "eta": 1.0, "b1": 2.0}, None, r"unknown field 'b1'; allowed fields: \["),
     ({"name": "normalized_sgd", "eta": 1.0}, None, "needs field 'lam'"),
     ({"name": "sgd", "eta": -1.0}, None, r"optimizer\.eta must be in \(0.0, inf\)"),
     ({"name": "sgd", "eta": "fast"}, None, "field 'eta' must be a number"),

@@ -7,10 +7,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import tiny  # noqa: F401  (registers the "toy" task kind)
 
-from covsim import plots
+from covsim import plots, stats
 from covsim.config import load_config
-from covsim.results import TMP_PREFIX, RunResult
+from covsim.fileio import TMP_PREFIX
+from covsim.results import RunResult
 from covsim.sweep import run_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -89,17 +91,17 @@ def test_fits_recover_exact_laws_and_skip_bad_points():
     x = np.array([1.0, 2, 4, 8, 16, 0, 5])
     y = 3.0 * x**2.5
     y[-1] = np.inf  # dropped, as is x = 0 on log axes
-    slope, icpt, r2 = plots.loglog_fit(x, y)
+    slope, icpt, r2 = stats.loglog_fit(x, y)
     assert slope == pytest.approx(2.5, abs=1e-12) and icpt == pytest.approx(math.log(3), abs=1e-12)
     assert r2 == pytest.approx(1.0, abs=1e-12)
-    slope, icpt, r2 = plots.linear_fit([0, 1, 2, np.nan], [1.0, 3.0, 5.0, 7.0])
+    slope, icpt, r2 = stats.linear_fit([0, 1, 2, np.nan], [1.0, 3.0, 5.0, 7.0])
     assert (slope, icpt, r2) == pytest.approx((2.0, 1.0, 1.0), abs=1e-12)
     # noisy data: R² strictly below 1
-    assert plots.linear_fit([0, 1, 2, 3], [0.0, 1.0, 1.0, 3.0])[2] < 1
-    assert all(math.isnan(v) for v in plots.loglog_fit([1.0], [2.0]))
-    assert all(math.isnan(v) for v in plots.linear_fit([2.0, 2.0], [1.0, 3.0]))
+    assert stats.linear_fit([0, 1, 2, 3], [0.0, 1.0, 1.0, 3.0])[2] < 1
+    assert all(math.isnan(v) for v in stats.loglog_fit([1.0], [2.0]))
+    assert all(math.isnan(v) for v in stats.linear_fit([2.0, 2.0], [1.0, 3.0]))
     with pytest.raises(ValueError, match="one length"):
-        plots.linear_fit([1, 2], [1, 2, 3])
+        stats.linear_fit([1, 2], [1, 2, 3])
 
 
 def test_save_is_atomic_png_and_closes(tmp_path):

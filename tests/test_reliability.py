@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import TRAINER
 
 from covsim import cli
 from covsim import metrics as M
@@ -54,22 +55,7 @@ name = "tiny"
 kind = "markov"
 V = 4
 H = 3
-
-[model]
-kind = "tabular"
-
-[optim]
-name = "adam"
-lr = 0.1
-
-[train]
-steps = 20
-batch_size = 8
-n_train = 32
-eval_every = 10
-eval_samples = 128
-Ns = [2, 8]
-
+""" + TRAINER + """
 [sweep]
 seeds = {seeds}
 vmap_seeds = false

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny  # noqa: F401  (registers the "toy" task kind)
 
 from covsim.config import ConfigError, load_config
+from covsim.fileio import TMP_PREFIX
 from covsim.results import (
-    TMP_PREFIX,
     RunResult,
     read_manifest,
     read_metrics,

@@ -11,8 +11,8 @@ from flax import nnx
 
 from covsim.checkpoint import load_checkpoints, restore_model, save_checkpoints, select
 from covsim.evaluate import evaluate
+from covsim.fileio import TMP_PREFIX
 from covsim.models import LogLinear, Tabular, Transformer
-from covsim.results import TMP_PREFIX
 from covsim.tasks.bernoulli import Bernoulli, bernoulli_cov, bernoulli_kl, bernoulli_mle
 from covsim.tasks.linear import AutoregressiveLinear
 from covsim.tasks.markov import MarkovChain

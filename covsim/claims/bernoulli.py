@@ -21,18 +21,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from covsim.claims import Claim, Dirs, Verdict, register
-from covsim.claims.prop_3_2 import wilson
-from covsim.claims.sample_size import cov_columns
-from covsim.config import Config
-from covsim.experiment import runner
-from covsim.results import RunResult, read_metrics
-from covsim.sweep import Cell
-from covsim.tasks.bernoulli import Bernoulli, bernoulli_cov, bernoulli_kl, bernoulli_mle
+from covsim.results import read_metrics
+from covsim.stats import cov_columns, wilson_interval
 
 #: The explicit constant of the bound (module docstring): C = 2 / (1 − ln 2).
 C_BOUND = 2.0 / (1.0 - math.log(2.0))
@@ -43,60 +36,6 @@ DELTAS = (0.1, 0.01)
 Z_CHECK = 3.29
 #: Datasets sampled per compiled call (bounds memory to CHUNK·n draws).
 CHUNK = 256
-
-
-# ---- the cell runner -------------------------------------------------------------------------
-
-
-@runner("bernoulli_closed_form")
-def run_bernoulli(cfg: Config, cell: Cell) -> RunResult:
-    """One dataset of n = train.n_train draws of Ber(task.p) per seed (the task's sampler,
-    vmapped over seeds in chunks of CHUNK), its MLE p̂ = min(k/n, ½), and the exact KL and
-    Cov_N (N in train.Ns) of Ber(p̂) against Ber(p⋆). One record per seed."""
-    if cfg.task.kind != "bernoulli":
-        raise ValueError(
-            f"task.kind: the bernoulli runner needs 'bernoulli', got {cfg.task.kind!r}"
-        )
-    if (cfg.task.H or 1) != 1:
-        raise ValueError(f"task.H: the case study has one token per sequence, got {cfg.task.H}")
-    unknown = sorted(set(cfg.task.params) - {"p"})
-    if unknown:
-        raise ValueError(f"task: unknown key(s) {unknown}; allowed: p")
-    task = Bernoulli(p=cfg.task.params.get("p"), H=1)
-    p_star = float(task.p)
-    if not 0.0 < p_star < 0.5:
-        raise ValueError(f"task.p: must lie in (0, ½) (the class Π), got {p_star}")
-    n = cfg.train.n_train
-    Ns = [float(N) for N in cfg.train.Ns]
-    draw = jax.jit(jax.vmap(lambda k: bernoulli_mle(task.sample(k, n)[1])))
-    seeds = list(cell.seeds)
-    p_hat = []
-    for i in range(0, len(seeds), CHUNK):
-        ks = [cell.rng_seed(s) for s in seeds[i : i + CHUNK]]
-        ks += ks[-1:] * (CHUNK - len(ks))  # pad to one shape: one compile per n
-        keys = jax.vmap(jax.random.key)(jnp.asarray(ks, jnp.uint32))
-        p_hat.append(np.asarray(draw(keys), np.float64)[: len(seeds) - i])
-    # k/n exactly (float32 means of 0/1 are exact for n < 2^24 only up to rounding)
-    k = np.rint(np.concatenate(p_hat) * n)
-    p_hat = np.minimum(k / n, 0.5)  # the MLE over the closure of Π = (0, ½)
-    kl = bernoulli_kl(p_star, p_hat)
-    cov = bernoulli_cov(p_star, p_hat[:, None], np.asarray(Ns)[None, :])
-    p_zero = (1.0 - p_star) ** n
-    records = [
-        {
-            "step": 0,
-            "seed": s,
-            "n": n,
-            "p_star": p_star,
-            "k": int(k[j]),
-            "p_hat": float(p_hat[j]),
-            "kl": float(kl[j]),
-            "cov": dict(zip(Ns, cov[j].tolist(), strict=True)),
-            "p_zero_exact": p_zero,
-        }
-        for j, s in enumerate(seeds)
-    ]
-    return RunResult(records, {"p_zero_exact": p_zero, "n": n, "p_star": p_star})
 
 
 # ---- the check -------------------------------------------------------------------------------
@@ -136,7 +75,7 @@ def check(dirs: Dirs) -> Verdict:
     for n, g in df.groupby("n"):
         m = len(g)
         k = int(np.sum(np.isinf(g["kl"])))
-        lo, hi = wilson(k, m, Z_CHECK)
+        lo, hi = wilson_interval(k, m, Z_CHECK)
         exact = float(g["p_zero_exact"].iloc[0])
         frac_inf[int(n)] = (k / m, exact)
         agree &= lo <= exact <= hi
@@ -197,7 +136,7 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
     for n in ns:
         g = df[df["n"] == n]
         k = int(np.sum(np.isinf(g["kl"])))
-        fr.append((k / len(g), *wilson(k, len(g))))
+        fr.append((k / len(g), *wilson_interval(k, len(g))))
     fr = np.array(fr)
     ax.errorbar(
         ns,

@@ -32,6 +32,7 @@ from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
 from covsim.results import artifact_paths, read_metrics, read_summaries
 from covsim.select import min_kl, tournament
+from covsim.stats import spearman
 
 NAME = "fig1"
 PASS_NS = (4, 8, 12)
@@ -56,12 +57,6 @@ def finetune_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["seed", "step"])
 
 
-def spearman(a, b) -> float:
-    """Spearman's ρ (average ranks for ties); NaN when either side is constant."""
-    ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
-    if np.std(ra) == 0 or np.std(rb) == 0:
-        return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def per_seed(d: Path) -> list[dict]:

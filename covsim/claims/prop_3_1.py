@@ -15,7 +15,6 @@ verdict also needs non-vacuous pairs (bound < 1), else the experiment would test
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,7 +23,7 @@ import pandas as pd
 
 from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
-from covsim.results import n_key, read_metrics
+from covsim.results import n_key, read_config, read_metrics
 
 NAME = "prop_3_1"
 EXPERIMENT = "prop_3_1"
@@ -74,15 +73,6 @@ def pairs(df: pd.DataFrame) -> pd.DataFrame:
     return p
 
 
-def _alpha(directory: Path) -> float:
-    """The Wilson level's alpha of the run(s): train.alpha of config.toml, else the default."""
-    try:
-        cfg = tomllib.loads((Path(directory) / "config.toml").read_text("utf-8"))
-        return float(cfg["train"].get("alpha", 0.05))
-    except (OSError, KeyError, tomllib.TOMLDecodeError):
-        return 0.05
-
-
 def check(dirs: Dirs) -> Verdict:
     d = Path(dirs[EXPERIMENT])
     df = read_metrics(d)
@@ -94,7 +84,7 @@ def check(dirs: Dirs) -> Verdict:
     tight = float((pos["bound"] / pos["cov"]).min()) if len(pos) else math.nan
     point_viol = int((p["cov"] > p["bound"]).sum())  # without Monte-Carlo slack, for the record
     diverged = int(df["kl"].isna().sum()) if "kl" in df else 0
-    alpha = _alpha(d)
+    alpha = read_config(d).train.interval_alpha
     kl = p["kl"].astype(float)
     numbers = {
         "pairs": n,
@@ -143,7 +133,8 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     # (a) measured Cov_N against the bound at the measured KL, one colour per N.
     Ns = sorted(set(p["N"]))
     cmap = plt.get_cmap("viridis")
-    floor = 0.5 / _eval_samples(d)  # Cov_N = 0 is drawn at this level (below 1/eval_samples)
+    # Cov_N = 0 is drawn at this level (below 1/eval_samples)
+    floor = 0.5 / read_config(d).train.eval_samples
     lo_x = max(float(p["bound"][p["bound"] > 0].min()) if (p["bound"] > 0).any() else 1e-3, 1e-4)
     for i, N in enumerate(Ns):
         q = p[p["N"] == N]
@@ -192,14 +183,6 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
         fontsize=10,
     )
     return [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
-
-
-def _eval_samples(directory: Path) -> int:
-    try:
-        cfg = tomllib.loads((Path(directory) / "config.toml").read_text("utf-8"))
-        return int(cfg["train"]["eval_samples"])
-    except (OSError, KeyError, ValueError, tomllib.TOMLDecodeError):
-        return 10_000
 
 
 register(

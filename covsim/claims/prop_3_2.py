@@ -27,17 +27,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from covsim.checks import check_int
 from covsim.claims import Claim, Dirs, Verdict, register
-from covsim.claims.sample_size import cov_columns, fit_mle, iid_token_scores
-from covsim.config import Config
-from covsim.experiment import runner
-from covsim.results import RunResult, read_metrics
-from covsim.sweep import Cell
-from covsim.tasks.linear import AutoregressiveLinear, prop_3_2_kl_lower_bound
+from covsim.results import read_metrics
+from covsim.stats import cov_columns, wilson_interval
 
 #: The probability in Prop 3.2.
 PROB = 0.25
@@ -51,74 +45,9 @@ SLOPE_TOL = 0.05
 Z = 1.96
 
 
-# ---- the cell runner -------------------------------------------------------------------------
-
-
-@runner("prop_3_2_mle")
-def run_prop_3_2(cfg: Config, cell: Cell) -> RunResult:
-    """Every seed of the cell: one dataset of n sequences at the largest H of task.H_grid, its
-    first H positions for the smaller H (exact samples: the instance's tokens are i.i.d. given
-    the prompt), the exact MLE at each H (one compile: fits padded to the largest H), exact
-    KL and Cov_N. One record per (seed, H)."""
-    if cfg.task.kind != "prop_3_2":
-        raise ValueError(f"task.kind: the prop_3_2 runner needs 'prop_3_2', got {cfg.task.kind!r}")
-    p = cfg.task.params
-    unknown = sorted(set(p) - {"n", "theta", "H_grid"})
-    if unknown:
-        raise ValueError(f"task: unknown key(s) {unknown}; allowed: n, theta, H_grid")
-    n = check_int("task.n", p.get("n"), 1)
-    if cfg.train.n_train != n:
-        raise ValueError(
-            f"train.n_train: must equal task.n = {n} (the sample size), got {cfg.train.n_train}"
-        )
-    theta = float(p.get("theta", 1.0))
-    Hs = p.get("H_grid")
-    if not isinstance(Hs, list) or not Hs:
-        raise ValueError(f"task.H_grid: must be a non-empty list of integers, got {Hs!r}")
-    Hs = sorted({check_int(f"task.H_grid[{i}]", H, 1) for i, H in enumerate(Hs)})
-    Ns = [float(N) for N in cfg.train.Ns]
-    tasks = {H: AutoregressiveLinear.prop_3_2(n, H, theta) for H in Hs}
-    big = tasks[Hs[-1]]
-    kl_unseen = {H: iid_token_scores(t, np.zeros(1), Ns)[0] for H, t in tasks.items()}
-    records = []
-    for seed in cell.seeds:
-        x, y = big.sample(jax.random.key(cell.rng_seed(seed)), n)
-        m1 = int(np.sum(np.asarray(x[:, 0]) == 1))
-        for H in Hs:
-            th, info = fit_mle(tasks[H], x, y[:, :H], H_pad=Hs[-1])
-            kl, cov = iid_token_scores(tasks[H], th, Ns)
-            records.append(
-                {
-                    "step": 0,
-                    "seed": seed,
-                    "H": H,
-                    "n": n,
-                    "theta_star": theta,
-                    "theta_hat": float(th[0]),
-                    "m1": m1,  # how many training sequences have the rare prompt
-                    "kl": kl,
-                    "cov": dict(zip(Ns, cov.tolist(), strict=True)),
-                    "kl_paper": prop_3_2_kl_lower_bound(n, H),  # H/(4n)
-                    "kl_unseen": kl_unseen[H],
-                    "mu1": 1.0 / (2 * n),
-                    "converged": bool(info["converged"]),
-                }
-            )
-    return RunResult(records, {"kl_unseen": {str(H): v for H, v in kl_unseen.items()}})
-
-
 # ---- the check -------------------------------------------------------------------------------
 
 
-def wilson(k: int, m: int, z: float = Z) -> tuple[float, float]:
-    """Wilson score interval for k successes in m trials."""
-    if m == 0:
-        return 0.0, 1.0
-    p = k / m
-    d = 1 + z * z / m
-    c = (p + z * z / (2 * m)) / d
-    h = z / d * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m))
-    return max(0.0, c - h), min(1.0, c + h)
 
 
 def fractions(df) -> dict[str, dict]:
@@ -132,7 +61,7 @@ def fractions(df) -> dict[str, dict]:
             for name, col in (("paper", "kl_paper"), ("inst", "kl_unseen")):
                 k = int(np.sum(gt["kl"] >= gt[col] * (1 - REL_TIE)))
                 if best[name] is None or k / m > best[name][0]:
-                    best[name] = (k / m, *wilson(k, m), m)
+                    best[name] = (k / m, *wilson_interval(k, m, Z), m)
         out["paper"][int(H)], out["inst"][int(H)] = best["paper"], best["inst"]
         out["q"][int(H)] = float(np.quantile(g["kl"], 1 - PROB))
     return out

@@ -16,26 +16,16 @@ record per seed (step = 1: one fit).
 from __future__ import annotations
 
 import math
-import tomllib
-import warnings
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
-from covsim.claims.horizon import wilson_half_width
-from covsim.config import Config
-from covsim.evaluate import evaluate, make_eval_set
-from covsim.experiment import build_task, runner
-from covsim.mle import fit_loglinear_mle
-from covsim.models.loglinear import REQUIRED
-from covsim.results import RunResult, read_metrics, read_summaries
-from covsim.sweep import Cell
+from covsim.results import read_config, read_metrics, read_summaries
+from covsim.stats import spearman, wilson_half_width
 
 NAME = "variance"
 N_CHECK = 2  # the N whose Cov_N the check and the figure use (must be in train.Ns)
@@ -50,74 +40,9 @@ BAND = (1 / 16, 15 / 16)
 SOLVER_KEYS = ("l2", "tol", "max_iter")
 
 
-# ---- runner ----------------------------------------------------------------------------------
-
-
-@jax.jit
-def _score(theta, task, eval_set, Ns):
-    """KL and Cov_N (with Wilson interval) of π_θ on the eval set (jitted: one compile per
-    task shape, reused by every cell and seed)."""
-    model = lambda x, y: task.next_token_log_probs_theta(theta, x, y)
-    ev = evaluate(task, model, eval_set, Ns=Ns)
-    return ev.kl, ev.cov, ev.cov_lo, ev.cov_hi
-
-
-@runner("mle")
-def run_mle(cfg: Config, cell: Cell) -> RunResult:
-    """For each seed: n = train.n_train samples, the exact MLE over Θ (`[optim]` may set l2,
-    tol, max_iter), KL and Cov_N on train.eval_samples fresh samples. One record per seed."""
-    if cfg.model.kind != "loglinear":
-        raise ValueError(f"model.kind: runner 'mle' fits a 'loglinear' learner, got "
-                         f"{cfg.model.kind!r}")
-    unknown = sorted(set(cfg.optim.params) - set(SOLVER_KEYS))
-    if unknown:
-        raise ValueError(f"optim: unknown key(s) {unknown} for runner 'mle'; allowed: "
-                         f"{', '.join(SOLVER_KEYS)}")
-    if cfg.train.online or cfg.train.n_train is None:
-        raise ValueError("train.n_train: runner 'mle' needs a fixed dataset size")
-    task = build_task(cfg)
-    missing = [a for a in (*REQUIRED, "features") if not hasattr(task, a)]
-    if missing:
-        raise ValueError(f"task.kind: runner 'mle' needs an AR linear task; "
-                         f"{cfg.task.kind!r} lacks {missing}")
-    n, m = cfg.train.n_train, cfg.train.eval_samples
-    Ns = list(cfg.train.Ns)
-    s2 = float(task.sigma_star_sq()) if hasattr(task, "sigma_star_sq") else math.nan
-    records = []
-    for seed in cell.seeds:
-        k_data, k_eval = jax.random.split(jax.random.key(cell.rng_seed(seed)))
-        x, y = task.sample(k_data, n)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # recorded as "converged" below
-            theta, info = fit_loglinear_mle(task, x, y, **cfg.optim.params)
-        kl, cov, lo, hi = _score(theta, task, make_eval_set(task, k_eval, m),
-                                 jnp.asarray(Ns, jnp.float32))
-        records.append({
-            "seed": seed,
-            "step": 1,  # one exact fit
-            "sigma_star_sq": s2,
-            "n": n,
-            "kl": float(kl),
-            "cov": dict(zip(Ns, np.asarray(cov).tolist(), strict=True)),
-            "cov_lo": dict(zip(Ns, np.asarray(lo).tolist(), strict=True)),
-            "cov_hi": dict(zip(Ns, np.asarray(hi).tolist(), strict=True)),
-            "theta_norm": float(jnp.linalg.norm(theta)),
-            "iterations": int(info["iterations"]),
-            "converged": bool(info["converged"]),
-        })
-    return RunResult(records, {"sigma_star_sq": s2, "n": n})
-
-
 # ---- check -----------------------------------------------------------------------------------
 
 
-def spearman(x, y) -> float:
-    """Spearman rank correlation with average ranks for ties (NaN if a side is constant)."""
-    rx = pd.Series(np.asarray(x, float)).rank().to_numpy()
-    ry = pd.Series(np.asarray(y, float)).rank().to_numpy()
-    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def per_level(df: pd.DataFrame, col: str) -> pd.DataFrame:
@@ -137,11 +62,10 @@ def theory_constant(s2, cov, n: int, N: float) -> float:
 
 
 def _setup(d: Path) -> tuple[int, int, float, int | None]:
-    """(n, eval_samples, alpha, H) of the sweep in `d`, from its resolved config.toml."""
-    cfg = tomllib.loads((d / "config.toml").read_text("utf-8"))
-    t = cfg["train"]
-    H = cfg["task"].get("H")
-    return int(t["n_train"]), int(t["eval_samples"]), float(t.get("alpha", 0.05)), H
+    """(n, eval_samples, alpha, H) of the sweep in `d`, from its typed config."""
+    cfg = read_config(d)
+    t = cfg.train
+    return int(t.n_train), t.eval_samples, t.interval_alpha, cfg.task.H
 
 
 def check(dirs: Dirs) -> Verdict:

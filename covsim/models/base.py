@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from covsim import registry
 from covsim.models.loglinear import LogLinear
 from covsim.models.tabular import Tabular
 from covsim.models.transformer import Transformer
@@ -67,6 +68,14 @@ SPECS: dict[str, tuple[tuple[str, ...], dict]] = {
 }
 
 
+def _register_builtin_models() -> None:
+    for kind, (required, optional) in SPECS.items():
+        ps = [registry.Param(k, "int") for k in required]  # the transformer's sizes
+        ps += [registry.Param(k, type(v).__name__, v) for k, v in optional.items()]
+        registry.register("model", kind, make_model, params=ps,
+                          doc=f"built-in {kind} learner (sizes from the task)")
+
+
 def make_model(spec: dict, task, rngs) -> nnx.Module:
     """Build a learner for `task` from a plain dict, e.g.
 
@@ -82,7 +91,13 @@ def make_model(spec: dict, task, rngs) -> nnx.Module:
         )
     kind = spec["kind"]
     if kind not in SPECS:
-        raise ValueError(f"kind: must be one of {sorted(SPECS)}, got {kind!r} (model spec)")
+        entry = registry.entry("model", kind) if isinstance(kind, str) else None
+        if entry is None:
+            kinds = sorted(registry.entries("model"))
+            raise ValueError(f"kind: must be one of {kinds}, got {kind!r} (model spec)")
+        if not isinstance(rngs, nnx.Rngs):
+            rngs = nnx.Rngs(rngs)
+        return entry.factory(task, rngs, **{k: v for k, v in spec.items() if k != "kind"})
     required, optional = SPECS[kind]
     allowed = ["kind", *required, *optional]
     unknown = sorted(set(spec) - set(allowed))
@@ -99,3 +114,6 @@ def make_model(spec: dict, task, rngs) -> nnx.Module:
     if kind == "tabular":
         return Tabular(task.V, task.H, P=task.P, prompt_vocab=task.prompt_vocab, rngs=rngs, **kw)
     return Transformer(task.V, task.H, task.P, task.prompt_vocab, rngs=rngs, **kw)
+
+
+_register_builtin_models()

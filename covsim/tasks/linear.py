@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from covsim.checks import check_float, check_int, check_probs, check_shape
+from covsim.checks import check_float, check_int, check_Ns, check_probs, check_shape
 from covsim.tasks.base import Array, Task, gather_tokens, inverse_cdf
 
 #: Relative slack when checking max ‖ϕ‖ ≤ B (float32 normalisation rounds up by ~1e-7).
@@ -403,3 +403,81 @@ class AutoregressiveLinear(Task):
         theta[0] *= -1
         F = B * np.eye(d)[None, None, None]  # (1, 1, 1, d, d)
         return cls.create(F, theta, 1, B=B, R=1.0, ball="linf")
+
+
+# ---- exact scores when tokens are independent given the prompt -------------------------------
+
+#: Log-ratio ties within this many nats count as ≥ log N (float64 sums of equal terms).
+TIE_ATOL = 1e-9
+#: The exact Cov_N enumerates the count vectors of identical-position groups; refuse beyond.
+MAX_COUNT_CELLS = 1 << 22
+
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    m = z.max(-1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
+
+
+def iid_token_scores(task: AutoregressiveLinear, theta, Ns) -> tuple[float, np.ndarray]:
+    """Exact sequence KL(π_{θ⋆} ‖ π_θ) and Cov_N(π_{θ⋆} ‖ π_θ) for N in Ns: (float, (k,)).
+
+    Needs ϕ independent of the previous token (F.shape[2] == 1), so that y_1..y_H are
+    independent given the prompt, and V = 2. Then r = Σ_h r_h(y_h) and
+
+        KL = Σ_x µ_x Σ_h Σ_v p_xhv (log p_xhv − log q_xhv),
+        Cov_N = Σ_x µ_x P(Σ_h r_h(y_h) ≥ log N | x),
+
+    where positions with the same (p, r) pair (up to relabelling the tokens) form a group whose
+    count of one token is Binomial: the probability is an exact sum over count vectors.
+    Float64 throughout; ties within TIE_ATOL count as ≥ log N."""
+    if task.F.shape[2] != 1 or task.V != 2:
+        raise ValueError(
+            "argument task must have V = 2 and features independent of the previous token "
+            f"(F.shape[2] == 1), got V = {task.V}, F.shape = {tuple(task.F.shape)}"
+        )
+    logN = np.log(check_Ns("Ns", Ns))
+    F = np.asarray(task.F, np.float64)[:, :, 0]  # (X, Hf, 2, d)
+    theta = np.asarray(theta, np.float64)
+    lp = _log_softmax(F @ np.asarray(task.theta, np.float64))  # (X, Hf, 2)
+    lq = _log_softmax(F @ theta)
+    lp, lq = (np.broadcast_to(a, (a.shape[0], task.H, 2)) for a in (lp, lq))
+    mu = np.exp(np.asarray(task.log_mu, np.float64))
+    kl, cov = 0.0, np.zeros(logN.shape)
+    for x in np.flatnonzero(mu > 0):
+        p = np.exp(lp[x])
+        with np.errstate(invalid="ignore"):
+            a = np.where(p > 0, lp[x] - lq[x], 0.0)  # r_h(v); p = 0: never drawn
+        kl += mu[x] * float(np.sum(np.where(p > 0, p * a, 0.0)))
+        r, logw = _sum_distribution(p, a)
+        w = np.exp(logw)
+        cov += mu[x] * np.sum(w[:, None] * (r[:, None] >= logN[None] - TIE_ATOL), axis=0)
+    return kl, cov
+
+
+def _sum_distribution(p: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Support and log-probabilities of Σ_h a[h, y_h], y_h ~ p[h] independent: p, a (H, 2)."""
+    order = np.argsort(p, axis=1, kind="stable")  # relabel so that column 1 is the likelier
+    p = np.take_along_axis(p, order, 1)
+    a = np.take_along_axis(a, order, 1)
+    keys = np.round(np.concatenate([p[:, 1:], a], axis=1), 12)
+    groups, sizes = np.unique(keys, axis=0, return_counts=True)
+    cells = math.prod(int(m) + 1 for m in sizes)
+    if cells > MAX_COUNT_CELLS:
+        raise ValueError(
+            f"argument task has {len(sizes)} distinct position groups per prompt ({cells} count "
+            f"vectors > {MAX_COUNT_CELLS}); enumerate or sample instead"
+        )
+    r, logw = np.zeros(1), np.zeros(1)
+    for (p1, a0, a1), m in zip(groups, sizes, strict=True):
+        c = np.arange(m + 1, dtype=np.float64)
+        r_g = c * a1 + (m - c) * a0
+        lcomb = np.array(
+            [math.lgamma(m + 1) - math.lgamma(j + 1) - math.lgamma(m - j + 1) for j in range(m + 1)]
+        )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lw = lcomb + np.where(c > 0, c * np.log(p1), 0.0)
+            lw = lw + np.where(c < m, (m - c) * np.log1p(-p1), 0.0)
+        r = np.add.outer(r, r_g).ravel()
+        logw = np.add.outer(logw, lw).ravel()
+    return r, logw

@@ -1,0 +1,165 @@
+"""Runner "train": the trainer on every seed of a cell (vmapped), after the optional
+[pretrain] stage, each checkpoint scored against π_D; for a mixture task the summary also
+holds each class's final KL and Cov_N ("per_class")."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from covsim import metrics as M
+from covsim.checkpoint import checkpoint_bytes
+from covsim.config import Config
+from covsim.evaluate import chunked_log_prob
+from covsim.experiment import build_model_fn, build_optimizer, build_task, train_spec
+from covsim.results import RunResult
+from covsim.runners.registry import cell_keys, register_runner
+from covsim.sweep import Cell
+from covsim.tasks import Task
+from covsim.train import TrainOutput, TrainSpec, make_train, run_seeds, to_records
+
+
+def pretrain_config(cfg: Config) -> Config:
+    """The config of the [pretrain] stage: its task, optim and train in place of the main
+    ones (same model and sweep)."""
+    p = cfg.pretrain
+    if p is None:
+        raise ValueError("pretrain: this config has no [pretrain] stage")
+    return cfg.model_copy(update={"task": p.task, "optim": p.optim, "train": p.train,
+                                  "pretrain": None})
+
+
+_PER_CLASS_STREAM = 0x5EED  # fold_in constant of the per-class evaluation samples
+_PRETRAIN_STREAM = 0x9E7  # fold_in constant: pre-training draws data independent of the main stage
+
+
+def _sizes(task: Task) -> tuple[int, int, int, int]:
+    return task.V, task.H, task.P, task.prompt_vocab
+
+
+@register_runner("train")
+def run_train(cfg: Config, cell: Cell) -> RunResult:
+    """Train every seed of the cell (vmapped) and score each checkpoint against π_D; with a
+    [pretrain] stage, first train the same seeds on its task and start from their final
+    parameters (its checkpoints are recorded too, with "stage": "pretrain"). For a mixture
+    task the summary also holds each class's final KL and Cov_N ("per_class")."""
+    return train_cell(cfg, cell)
+
+
+def train_cell(cfg: Config, cell: Cell, model_fn_of=None) -> RunResult:
+    """`run_train` with the learner built by `model_fn_of(cfg, task) -> (key -> model)`
+    (default `build_model_fn`): runners with their own learner plumbing reuse the rest."""
+    model_fn_of = model_fn_of or build_model_fn
+    task = build_task(cfg)
+    spec = train_spec(cfg)
+    keys = jnp.stack([jax.random.key(k) for k in cell_keys(cell)])
+    params0, pre_records = None, []
+    if cfg.pretrain is not None:
+        pcfg = pretrain_config(cfg)
+        ptask = build_task(pcfg)
+        if _sizes(ptask) != _sizes(task):
+            raise ValueError(
+                "pretrain.task: the model is shared, so (V, H, P, prompt_vocab) must match "
+                f"task's {_sizes(task)}, got {_sizes(ptask)}"
+            )
+        pspec = train_spec(pcfg)
+        ptrainer = make_train(
+            ptask, model_fn_of(pcfg, ptask), build_optimizer(pcfg, ptask), pspec
+        )
+        pkeys = jax.vmap(lambda k: jax.random.fold_in(k, _PRETRAIN_STREAM))(keys)
+        pout = run_seeds(ptrainer, pkeys, mode="vmap")
+        pre_records = to_records(pout, pspec, coords={"stage": "pretrain"}, seeds=cell.seeds)
+        params0 = pout.params
+    trainer = make_train(task, model_fn_of(cfg, task), build_optimizer(cfg, task), spec)
+    out = run_seeds(trainer, keys, mode="vmap", params=params0)
+    coords = {"stage": "main"} if cfg.pretrain is not None else None
+    records = pre_records + to_records(out, spec, coords=coords, seeds=cell.seeds)
+    result = _result(out, records, spec, cfg)
+    if cfg.pretrain is not None:  # a seed that diverged in pre-training counts as diverged
+        pdv = np.asarray(pout.diverged_step).reshape(-1)
+        result.summary["pretrain_diverged_steps"] = pdv.tolist()
+        if np.any(pdv >= 0) and not result.diverged:
+            result = dataclasses.replace(result, diverged=True,
+                                         diverged_step=int(pdv[pdv >= 0].min()))
+    if is_mixture(task):
+        key = jax.random.fold_in(keys[0], _PER_CLASS_STREAM)
+        result.summary["per_class"] = per_class_summary(
+            trainer, out.params, task, key, spec.eval_samples, spec.Ns
+        )
+    return result
+
+
+def class_log_ratios(trainer, params, task: Task, key, m: int) -> jax.Array:
+    """r = log π_D − log π̂ on m fresh samples of each class of a mixture task (Mixture,
+    GraphMixture: anything with `components` and `weights`), for each seed's parameters:
+    params with a leading seed axis S -> (K, S, m). One compiled function serves every class
+    (a class is the mixture with one-hot weights); seeds run one after another (memory)."""
+    chunk = trainer.spec.eval_chunk
+
+    @jax.jit
+    def one(mix, k):
+        x, y = mix.sample(k, m)
+        lp = mix.log_prob(x, y)
+        return jax.lax.map(
+            lambda p: lp - chunked_log_prob(trainer.model(p), x, y, chunk=chunk), params
+        )
+
+    K = len(task.components)
+    out = [one(task.replace(weights=np.eye(K, dtype=np.float32)[c]), jax.random.fold_in(key, c))
+           for c in range(K)]
+    return jnp.stack(out)
+
+
+def per_class_summary(trainer, params, task: Task, key, m: int, Ns) -> dict[str, Any]:
+    """Each class's sequence KL, KL per token and Cov_N (per seed) for the final params:
+    the summary's "per_class" entry, which tells which class carries a mixture's KL and
+    coverage deficit."""
+    r = np.asarray(class_log_ratios(trainer, params, task, key, m))  # (K, S, m)
+    return {
+        "weights": np.asarray(task.weights).tolist(),
+        "kl": r.mean(-1).tolist(),  # (K, S)
+        "kl_token": (r.mean(-1) / task.H).tolist(),
+        # the metrics' float32 threshold, so that a tie r = log N counts as in `coverage`
+        "cov": {N: (r >= np.asarray(M.log_threshold("Ns", N))).mean(-1).tolist() for N in Ns},
+    }
+
+
+def is_mixture(task: Task) -> bool:
+    return hasattr(task, "components") and hasattr(task, "weights")
+
+
+def _result(out: TrainOutput, records: list[dict], spec: TrainSpec, cfg: Config) -> RunResult:
+    dv = np.asarray(out.diverged_step).reshape(-1)
+    last = jax.tree.map(lambda a: np.asarray(a)[:, -1], out.metrics)
+    summary = {
+        "final": {
+            "kl": last.kl.tolist(),
+            "ce": last.ce.tolist(),
+            "cov": {N: last.cov[:, i].tolist() for i, N in enumerate(spec.Ns)},
+        },
+        "diverged_steps": dv.tolist(),
+    }
+    files = {}
+    if spec.select_samples:  # (seeds, checkpoints, samples): for covsim.select's tournaments
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(out.metrics.select_logq, np.float32))
+        files["select_logq.npy"] = buf.getvalue()
+    if cfg.train.checkpoints:
+        steps = np.asarray(out.step)[0]
+        keep = [int(np.flatnonzero(steps == s)[0]) for s in cfg.train.checkpoints]
+        params = jax.tree.map(lambda a: np.asarray(a)[:, keep], nnx.to_pure_dict(out.params))
+        files["checkpoints.msgpack"] = checkpoint_bytes(steps[keep], params)
+    diverged = bool(np.any(dv >= 0))
+    return RunResult(
+        records,
+        summary,
+        diverged=diverged,
+        diverged_step=int(dv[dv >= 0].min()) if diverged else None,
+        files=files,
+    )

@@ -1,0 +1,205 @@
+"""Host-side statistics of result frames, shared by the claims (float64 NumPy / pandas).
+
+Intervals: `wilson_interval` (k of m), `wilson_half_width` (p from n draws), `mean_ci`.
+Fits: `linear_fit`, `loglog_fit`, `log_log_slopes`, `mean_slope` (with a seed bootstrap).
+Ranks: `spearman`. Frames: `cov_columns`, `finals`, `per_class_arrays`, `per_class_medians`,
+`length_stats` (a length sweep: KL's growth, Cov_N's spread, from a sweep directory).
+
+The device-side Cov_N interval of every checkpoint is `covsim.metrics.coverage_profile`; the
+Wilson score formula is the same (`covsim.metrics.wilson` evaluates it in float32 under jit).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from covsim.results import read_config, read_metrics, read_summaries
+
+# ---- intervals ---------------------------------------------------------------------------------
+
+
+def z_value(alpha: float) -> float:
+    """Φ⁻¹(1 − alpha/2), the two-sided normal quantile (float64)."""
+    return -NormalDist().inv_cdf(alpha / 2)
+
+
+def wilson_interval(k: int, m: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k successes in m trials at normal quantile z; (0, 1) if m = 0."""
+    if m == 0:
+        return 0.0, 1.0
+    p = k / m
+    d = 1 + z * z / m
+    c = (p + z * z / (2 * m)) / d
+    h = z / d * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m))
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def wilson_half_width(p: float, n: float, alpha: float) -> float:
+    """Half-width of the two-sided 1 − alpha Wilson score interval for p from n draws."""
+    z = z_value(alpha)
+    d = 1 + z * z / n
+    return z / d * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+
+
+def mean_ci(df, x: str, y: str, z: float = 1.96) -> tuple[np.ndarray, ...]:
+    """Per value of x: mean of y over seeds and its normal-approximation CI: (xs, mean, lo, hi)."""
+    g = df.groupby(x)[y]
+    xs = np.asarray(g.mean().index, float)
+    m = g.mean().to_numpy(float)
+    se = (g.std(ddof=1) / np.sqrt(g.count())).to_numpy(float)
+    return xs, m, m - z * se, m + z * se
+
+
+# ---- fits ----------------------------------------------------------------------------------------
+
+
+def _fit(x, y) -> tuple[float, float, float]:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(
+            f"arguments x and y must be 1-D of one length, got shapes {x.shape}, {y.shape}"
+        )
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 2 or np.ptp(x) == 0:
+        return math.nan, math.nan, math.nan
+    slope, icpt = np.polyfit(x, y, 1)
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    ss_res = float(np.sum((y - (slope * x + icpt)) ** 2))
+    r2 = 1 - ss_res / ss_tot if ss_tot > 0 else math.nan
+    return float(slope), float(icpt), r2
+
+
+def linear_fit(x, y) -> tuple[float, float, float]:
+    """Least squares y ≈ slope · x + intercept over the finite pairs: (slope, intercept, R²).
+
+    Fewer than two distinct finite x give NaNs; R² is NaN when y is constant."""
+    return _fit(np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel())
+
+
+def loglog_fit(x, y) -> tuple[float, float, float]:
+    """Power law y ≈ e^intercept · x^slope by least squares on (log x, log y) over the pairs
+    with both positive and finite: (slope, intercept, R² in log space)."""
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    ok = (x > 0) & (y > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _fit(np.where(ok, np.log(x), np.nan), np.where(ok, np.log(y), np.nan))
+
+
+def log_log_slopes(x, Y) -> np.ndarray:
+    """Least-squares slopes of log Y[..., j] on log x[j] (vectorised over leading axes)."""
+    lx = np.log(np.asarray(x, np.float64))
+    lx = lx - lx.mean()
+    ly = np.log(Y)
+    return np.sum((ly - ly.mean(-1, keepdims=True)) * lx, -1) / np.sum(lx * lx)
+
+
+def mean_slope(df, x: str, y: str, boot: int = 1000) -> tuple[float, float, np.ndarray]:
+    """Slope of log(mean over seeds of y) on log x, with its bootstrap s.d. over seeds (seeds
+    resampled jointly across x, which keeps the nesting of the datasets): (slope, sd, means)."""
+    wide = df.pivot_table(index="seed", columns=x, values=y, aggfunc="first").sort_index(axis=1)
+    xs = wide.columns.to_numpy(float)
+    Y = wide.to_numpy(float)  # (seeds, len(xs))
+    means = Y.mean(0)
+    if np.any(~(means > 0)):
+        return math.nan, math.nan, means
+    rng = np.random.default_rng(0)
+    bm = Y[rng.integers(0, Y.shape[0], (boot, Y.shape[0]))].mean(1)  # (boot, len(xs))
+    bm = bm[np.all(bm > 0, axis=1)]
+    sd = float(np.std(log_log_slopes(xs, bm))) if len(bm) else math.nan
+    return float(log_log_slopes(xs, means)), sd, means
+
+
+# ---- ranks -------------------------------------------------------------------------------------
+
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation with average ranks for ties (NaN if a side is constant)."""
+    rx = pd.Series(np.asarray(x, float)).rank().to_numpy()
+    ry = pd.Series(np.asarray(y, float)).rank().to_numpy()
+    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
+        return math.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+# ---- result frames -----------------------------------------------------------------------------
+
+
+def cov_columns(df) -> list[tuple[float, str]]:
+    """The (N, "cov@N") columns of a metrics frame, by increasing N."""
+    cols = [(float(c[4:]), c) for c in df.columns if c.startswith("cov@")]
+    return sorted(cols)
+
+
+def finals(df: pd.DataFrame, by: str) -> pd.DataFrame:
+    """The last evaluation of every (`by` value, seed): one row each."""
+    last = df.groupby([by, "seed"])["step"].transform("max")
+    return df[df["step"] == last].sort_values([by, "seed"])
+
+
+def per_class_arrays(d: Path, by: str, N: int) -> dict[int, dict[str, Any]]:
+    """`by` value -> the runner's per-class summary with the seeds of every finished cell at
+    that value side by side: weights (K,), kl, kl_token and cov@N (K, S) arrays."""
+    s = read_summaries(d)
+    s = s[s["status"].isin(["done", "diverged"])]
+    out: dict[int, dict[str, Any]] = {}
+    for _, row in s.iterrows():
+        kt = row.get("per_class.kl_token")
+        if not isinstance(kt, list):
+            continue
+        cov = row.get("per_class.cov")
+        covN = cov.get(N, cov.get(float(N))) if isinstance(cov, dict) else None
+        parts = {"kl": row.get("per_class.kl"), "kl_token": kt, "cov": covN}
+        cur = out.setdefault(int(row[by]), {"weights": np.asarray(row["per_class.weights"])})
+        for k, v in parts.items():
+            if v is None or (k in cur and cur[k] is None):
+                cur[k] = None
+                continue
+            v = np.asarray(v, float)
+            cur[k] = v if k not in cur else np.concatenate([cur[k], v], axis=1)
+    return out
+
+
+def per_class_medians(d: Path, by: str, N: int) -> dict[int, dict[str, Any]]:
+    """`by` value -> per-class medians over seeds (kl_token, cov@N), from the summaries."""
+    med = lambda a: None if a is None else [float(np.nanmedian(v)) for v in a]
+    return {h: {"weights": a["weights"].tolist(), "kl_token": med(a["kl_token"]),
+                "cov": med(a["cov"])}
+            for h, a in per_class_arrays(d, by, N).items()}
+
+
+def length_stats(d: Path, by: str, N: int, spread_mult: float) -> dict[str, Any] | None:
+    """Final KL and Cov_N against a length axis `by` (a sweep column) in sweep directory d:
+    per-value medians over seeds, the linear fit of KL, and the spread of the Cov_N medians
+    with its tolerance (spread_mult × the pooled Wilson half-width). None if no results."""
+    df = read_metrics(d)
+    col = f"cov@{N}"
+    if df.empty or col not in df.columns or by not in df.columns:
+        return None
+    status = read_summaries(d)["status"]
+    fin = finals(df, by)
+    Hs = sorted(int(h) for h in fin[by].unique())
+    kl_med = [float(np.nanmedian(fin.loc[fin[by] == h, "kl"])) for h in Hs]
+    cov_med = [float(np.nanmedian(fin.loc[fin[by] == h, col])) for h in Hs]
+    seeds = [int(fin.loc[fin[by] == h, "kl"].notna().sum()) for h in Hs]
+    slope, icpt, r2 = linear_fit(Hs, kl_med)
+    t = read_config(d).train
+    m, alpha = t.eval_samples, t.interval_alpha
+    hw = [wilson_half_width(float(np.nanmean(fin.loc[fin[by] == h, col])), s * m, alpha)
+          for h, s in zip(Hs, seeds, strict=True)]
+    return {
+        "H": Hs, "kl_med": kl_med, "cov_med": cov_med, "seeds": seeds,
+        "slope": slope, "icpt": icpt, "r2": r2,
+        "expo": loglog_fit(Hs, kl_med)[0],
+        "r2_sqrt": linear_fit(Hs, np.sqrt(Hs))[2],
+        "tol": spread_mult * float(np.mean(hw)),
+        "spread": max(cov_med) - min(cov_med),
+        "eval_samples": m, "alpha": alpha,
+        "missing": int((~status.isin(["done", "diverged"])).sum()),
+    }
