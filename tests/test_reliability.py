@@ -119,14 +119,17 @@ def test_run_and_sweep_default_to_different_paths(tmp_path, monkeypatch, toy_com
     assert len(read_metrics(tmp_path / "runs" / "quick" / "tiny-run")) == 9
 
 
-def test_run_into_a_sweep_is_refused_and_the_sweep_kept(tmp_path, toy_compute, capsys):
+@pytest.mark.parametrize("first, second", [("sweep", "run"), ("run", "sweep")])
+def test_one_kind_is_never_written_over_the_other(tmp_path, toy_compute, capsys, first, second):
+    """(1) a run into a finished sweep, and (6) a sweep into a run directory (where readers
+    would not see it): refused, the first result kept byte for byte."""
     cfg = _tiny(tmp_path)
-    sweep = tmp_path / "s"
-    assert main(["-q", "sweep", str(cfg), "--out", str(sweep)]) == 0
-    before = _snapshot(sweep)
-    assert main(["-q", "run", str(cfg), "--out", str(sweep)]) == 2
-    assert "holds a sweep of experiment 'tiny'" in _one_line(capsys.readouterr().err)
-    assert _snapshot(sweep) == before
+    out = tmp_path / "o"
+    assert main(["-q", first, str(cfg), "--out", str(out)]) == 0
+    before = _snapshot(out)
+    assert main(["-q", second, str(cfg), "--out", str(out)]) == 2
+    assert f"holds a {first} of experiment 'tiny'" in _one_line(capsys.readouterr().err)
+    assert _snapshot(out) == before and len(read_metrics(out)) == 9
 
 
 def test_run_into_a_folder_of_the_users_is_refused(tmp_path, no_compute, capsys):
@@ -432,14 +435,6 @@ def test_bad_values_are_refused_before_compute(tmp_path, no_compute, capsys, ove
 # (6) a sweep never lands in a run directory (where readers would not see it)
 
 
-def test_a_sweep_into_a_run_is_refused_and_the_run_kept(tmp_path, toy_compute, capsys):
-    cfg = _tiny(tmp_path)
-    run = tmp_path / "r"
-    assert main(["-q", "run", str(cfg), "--out", str(run)]) == 0
-    before = _snapshot(run)
-    assert main(["-q", "sweep", str(cfg), "--out", str(run)]) == 2
-    assert "holds a run of experiment 'tiny'" in _one_line(capsys.readouterr().err)
-    assert _snapshot(run) == before and len(read_metrics(run)) == 9
 
 
 def test_legacy_directories_are_recognised_by_their_files(tmp_path, toy_compute, capsys):
@@ -518,9 +513,18 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     assert not any(_alive(p) for p in workers), "workers outlived their SIGKILLed parent"
 
 
+def _default_sigint() -> None:
+    # A job started in the background of a non-interactive shell (CI) inherits SIGINT as
+    # ignored, and Python then keeps ignoring it; a terminal's Ctrl-C arrives with the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _sweep_proc(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "covsim.cli", "-q", "sweep", str(cfg), "--out", str(out), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
+    )
 
 
 @pytest.mark.slow
