@@ -693,13 +693,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        return args.fn(args)
+        rc = args.fn(args)
+        sys.stdout.flush()  # inside the try: a reader that left shows here, not at exit
+        return rc
     except (ConfigError, UsageError, SweepError, OutputError, CorruptResult) as e:
         msg = " ".join(str(e).split())
         if isinstance(e, SweepError):  # the library's keyword is this command's flag
             msg = msg.replace("force=True", "--force")
         print(msg, file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `covsim list | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (KeyboardInterrupt, Terminated) as e:
         # finished cells are on disk and the manifest was written on the way out
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)

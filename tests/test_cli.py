@@ -412,3 +412,15 @@ def _toy_result(cell):
         for s in (0, 10)
     ]
     return RunResult(recs)
+
+
+def test_a_reader_that_leaves_early_is_not_a_traceback(tmp_path):
+    """`covsim list | head -1`: the pipe closes before covsim writes; no BrokenPipeError."""
+    env = {"PATH": os.defpath, "HOME": str(tmp_path)}
+    p = subprocess.Popen(
+        [str(console_script()), "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    p.stdout.close()  # the reader is gone before the first line
+    err = p.stderr.read().decode()
+    p.wait(timeout=120)
+    assert p.returncode == 0 and "Traceback" not in err, err
