@@ -134,6 +134,14 @@ def _cell_fn(cfg, cell):
     return run_cell(cfg, cell)
 
 
+def _importable_cell_fn():
+    """`_cell_fn` as `covsim.cli._cell_fn`, whatever this module runs as: under `python -m
+    covsim.cli` or runpy it is `__main__`, which a spawned worker may not be able to import."""
+    import importlib
+
+    return importlib.import_module("covsim.cli")._cell_fn
+
+
 #: Runners that train a learner: their [task]/[model]/[optim] are built before compute.
 TRAINERS = {"train": None, "train_tabular": "covsim.runners.tabular:tabular_model_fn"}
 
@@ -297,7 +305,8 @@ def _sweep(cfg: Config, out: Path, *, executor="local", workers=1, force=False, 
 
     _check_executor(executor, workers)
     manifest = run_sweep(
-        cfg, _cell_fn, out, executor=executor, workers=workers, progress=progress, force=force
+        cfg, _importable_cell_fn(), out, executor=executor, workers=workers,
+        progress=progress, force=force,
     )
     failed = [f"{c['id']}: {c['error']}" for c in manifest["cells"] if c["status"] == "failed"]
     return manifest, failed

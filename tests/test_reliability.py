@@ -513,17 +513,19 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     assert not any(_alive(p) for p in workers), "workers outlived their SIGKILLed parent"
 
 
-def _default_sigint() -> None:
-    # A job started in the background of a non-interactive shell (CI) inherits SIGINT as
-    # ignored, and Python then keeps ignoring it; a terminal's Ctrl-C arrives with the default.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+#: A job started in the background of a non-interactive shell (CI) inherits SIGINT as ignored,
+#: and Python then keeps ignoring it; a terminal's Ctrl-C arrives with Python's own handler,
+#: which the child reinstalls here (no preexec_fn: forking a JAX process runs no Python).
+_CLI_WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'covsim'; runpy.run_module('covsim.cli', run_name='__main__')"
+)
 
 
 def _sweep_proc(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "covsim.cli", "-q", "sweep", str(cfg), "--out", str(out), *extra]
+    cmd = [sys.executable, "-c", _CLI_WITH_CTRL_C, "-q", "sweep", str(cfg), "--out", str(out)]
     return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_default_sigint,
+        [*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
