@@ -57,7 +57,7 @@ def _register_builtin_tasks() -> None:
     }
     for name, (factory, ctor, skip) in builtin.items():
         ps = registry.signature_params(ctor, skip)
-        registry.register("task", name, factory, params=ps, doc=registry._doc(ctor))
+        registry.register("task", name, factory, params=ps, doc=registry.doc_line(ctor))
     mixture_params = [registry.Param("components", "list of task tables"),
                       registry.Param("weights", "list of float", None)]
     registry.register("task", "mixture", Mixture, params=mixture_params,

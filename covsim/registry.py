@@ -82,12 +82,15 @@ def signature_params(fn: Callable[..., Any], skip: Sequence[str] = ()) -> tuple[
         if p.kind is p.VAR_POSITIONAL or p.name in skip or p.name in ("self", "cls"):
             continue
         ann = p.annotation
-        text = "any" if ann is p.empty else (ann if isinstance(ann, str) else ann.__name__)
+        text = "any" if ann is p.empty else ann if isinstance(ann, str) else getattr(
+            ann, "__name__", str(ann)  # `int | None` objects have no __name__
+        )
         out.append(Param(p.name, str(text).replace("typing.", ""), p.default))
     return tuple(out)
 
 
-def _doc(fn: Callable[..., Any]) -> str:
+def doc_line(fn: Callable[..., Any]) -> str:
+    """The first paragraph of `fn`'s docstring, on one line."""
     return (inspect.getdoc(fn) or "").strip().split("\n\n")[0].replace("\n", " ")
 
 
@@ -112,7 +115,7 @@ def register(
         raise ValueError(f"argument name must be a non-empty string, got {name!r}")
     ps = signature_params(factory, skip) if params == "signature" else params
     entry = Entry(section, name, factory, None if ps is None else tuple(ps),
-                  _doc(factory) if doc is None else doc, meta)
+                  doc_line(factory) if doc is None else doc, meta)
     old = _ENTRIES[section].get(name)
     if old is not None and old.factory is not factory:
         raise ValueError(f"{section} {name!r} is registered twice")

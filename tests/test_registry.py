@@ -127,3 +127,11 @@ def test_one_step_size_name_for_every_optimizer(tmp_path, fresh_path):
     assert resolve_spec({"name": "adam", "eta": 0.2})["lr"] == 0.2
     with pytest.raises(ValueError, match="are the same step size"):
         resolve_spec({"name": "sgd", "lr": 0.1, "eta": 0.1})
+
+
+def test_signature_params_reads_evaluated_and_string_annotations():
+    ns: dict = {}
+    exec("def f(key, a: int | None = None, b: float = 1.0, *, c=2): pass", ns)  # no __future__
+    got = [p.line() for p in R.signature_params(ns["f"], skip=("key",))]
+    assert got == ["a: int | None (default None)", "b: float (default 1.0)", "c: any (default 2)"]
+    assert R.signature_params(lambda key, **kw: None) is None  # **kwargs: open parameters
