@@ -142,69 +142,39 @@ def _importable_cell_fn():
     return importlib.import_module("covsim.cli")._cell_fn
 
 
-#: Runners that train a learner: their [task]/[model]/[optim] are built before compute.
-TRAINERS = {"train": None, "train_tabular": "covsim.runners.tabular:tabular_model_fn"}
-
-
 def _preflight(cfg: Config) -> None:
-    """Build every distinct cell's task, learner and optimizer (trainer runners), so that a
-    bad [task]/[model]/[optim] value in any cell (e.g. the second value of a sweep axis) is a
-    one-line config error before anything runs; Pass@N needs a task with a verifier."""
-    runner = cfg.experiment.runner
-    if runner not in TRAINERS:
-        return  # the other runners' sections are checked by covsim.config
-    import importlib
-
-    from covsim.experiment import build_model_fn, build_optimizer, build_task
+    """Run the runner's own cell check (`RunnerSpec.check`: the trainers build the task,
+    learner and optimizer) on every distinct cell, so that a bad value in any cell (e.g. the
+    second value of a sweep axis) is a one-line config error before anything runs."""
+    from covsim import registry as R
     from covsim.fileio import digest
-    from covsim.runners.train import pretrain_config
     from covsim.sweep import cell_config, expand_grid
 
-    model_fn_of = build_model_fn
-    if TRAINERS[runner]:
-        mod, fn = TRAINERS[runner].split(":")
-        model_fn_of = getattr(importlib.import_module(mod), fn)
+    check = R.entry("runner", cfg.experiment.runner).meta.check
+    if check is None:
+        return  # the runner's sections are checked by covsim.config alone
     seen = set()
     for cell in expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds):
         c = cell_config(cfg, cell)
-        stages = [("", c)] + ([("pretrain.", pretrain_config(c))] if c.pretrain else [])
-        for prefix, sc in stages:
-            d = sc.to_dict()
-            key = digest({k: d.get(k) for k in ("task", "model", "optim", "train")})
-            if key in seen:
-                continue
+        d = c.to_dict()
+        key = digest({k: d.get(k) for k in ("task", "model", "optim", "train", "pretrain")})
+        if key not in seen:
             seen.add(key)
-            _build_stage(sc, prefix, model_fn_of, build_task, build_optimizer)
+            check(c)
 
 
-def _build_stage(sc: Config, prefix: str, model_fn_of, build_task, build_optimizer) -> None:
-    section = "task"
-    try:
-        task = build_task(sc)
-        section = "model"
-        model_fn_of(sc, task)
-        section = "optim"
-        build_optimizer(sc, task)
-    except (ValueError, TypeError) as e:
-        msg = " ".join(str(e).split())
-        where = prefix + section
-        named = msg.startswith((f"{where}.", f"{where}:", "pretrain."))
-        if msg.startswith(("kind:", "name:")):  # the factory names its own field
-            msg, named = f"{where}.{msg}", True
-        raise ConfigError(msg if named else f"{where}: {msg}") from None
-    if sc.train.pass_at and not hasattr(task, "good_set"):
-        raise ConfigError(
-            f"{prefix}train.pass_at: task kind {sc.task.kind!r} has no verifier (good_set), "
-            "so Pass@N is undefined; remove train.pass_at"
-        )
-
-
-def _default_out(cfg: Config, args, kind: str) -> Path:
-    """runs/<profile>/<name> for a sweep, runs/<profile>/<name>-run for a run: the two never
-    share a directory (covsim.outdir refuses to write one kind over the other). A config
-    run without a profile goes to runs/default/."""
-    profile = _profile(config_path(args.config), args.profile) or "default"
-    return Path(RUNS) / profile / (cfg.experiment.name + ("-run" if kind == "run" else ""))
+def _load_cli(args) -> tuple[Config, Path]:
+    """The config of `run`/`sweep` (CONFIG, --profile, --set) and its output directory:
+    --out, else runs/<profile>/<name> for a sweep and runs/<profile>/<name>-run for a run (the
+    two never share a directory: covsim.outdir refuses one kind over the other; a config run
+    without a profile goes to runs/default/)."""
+    p = config_path(args.config)
+    profile = _profile(p, args.profile)
+    cfg = load_config(p, profile, list(args.set))
+    if args.out:
+        return cfg, Path(args.out)
+    name = cfg.experiment.name + ("-run" if args.command == "run" else "")
+    return cfg, Path(RUNS) / (profile or "default") / name
 
 
 def checkout_root() -> Path:
@@ -267,14 +237,13 @@ def cmd_run(args) -> int:
     from covsim.results import write_run
     from covsim.sweep import cell_config, expand_grid, sweep_bytes
 
-    cfg = _load(args.config, args.profile, args.set)
+    cfg, out = _load_cli(args)
     if cfg.sweep.axes:
         raise ConfigError(
             f"sweep.axes: `covsim run` runs one point but this config sweeps "
             f"{', '.join(cfg.sweep.axes)}; use `covsim sweep`, or --set 'sweep.axes={{}}'"
         )
     _preflight(cfg)
-    out = Path(args.out) if args.out else _default_out(cfg, args, "run")
     # One run: every seed in one cell, as sweep.vmap_seeds = true does.
     [cell] = expand_grid({}, cfg.sweep.seeds, vmap_seeds=True)
     t0 = time.perf_counter()
@@ -303,7 +272,6 @@ def _sweep(cfg: Config, out: Path, *, executor="local", workers=1, force=False, 
     """Run (or resume) a sweep; return (manifest, list of failed-cell lines)."""
     from covsim.sweep import run_sweep
 
-    _check_executor(executor, workers)
     manifest = run_sweep(
         cfg, _importable_cell_fn(), out, executor=executor, workers=workers,
         progress=progress, force=force,
@@ -320,9 +288,8 @@ def cmd_sweep(args) -> int:
     from covsim.sweep import expand_grid
 
     _check_executor(args.executor, args.workers)
-    cfg = _load(args.config, args.profile, args.set)
+    cfg, out = _load_cli(args)
     _preflight(cfg)
-    out = Path(args.out) if args.out else _default_out(cfg, args, "sweep")
     n = len(expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds))
     if n > CONFIRM_CELLS and not args.yes:
         raise UsageError(
@@ -417,6 +384,7 @@ def cmd_reproduce(args) -> int:
     if args.claim and args.claim not in CLAIMS:
         raise UsageError(f"CLAIM: unknown claim {args.claim!r}; allowed: {', '.join(CLAIMS)}")
     figures_dir, report = _report_paths(args)
+    _check_executor(args.executor, args.workers)
     exp_dir = experiments_dir()
     cfgs: dict[str, Config | Exception] = {}  # validate every experiment before running any
     for name in names:

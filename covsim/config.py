@@ -25,7 +25,6 @@ paths (quoted keys and nested tables both work); `--set` and `with_values` set w
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import re
@@ -47,7 +46,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from covsim.checks import DEFAULT_ALPHA
-from covsim.fileio import atomic_write_text, canonical_json
+from covsim.fileio import atomic_write_text, digest
 
 PosInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -254,7 +253,7 @@ class Config(_Section):
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of `to_dict()`: equal configs, equal hashes."""
-        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
+        return digest(self.to_dict()).hex()
 
     def get(self, path: str) -> Any:
         """Value at a dotted path, e.g. ``cfg.get("task.H")`` (None for an unset optional)."""

@@ -66,6 +66,8 @@ def read_marker(path: str | Path) -> dict[str, Any] | None:
 
 
 def _experiment_of(p: Path) -> str | None:
+    # the raw TOML, not results.read_config: a directory written by an older covsim must be
+    # recognised even when its config no longer validates against today's schema
     try:
         return tomllib.loads((p / "config.toml").read_text("utf-8"))["experiment"]["name"]
     except (OSError, ValueError, KeyError, TypeError):

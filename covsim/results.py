@@ -266,15 +266,6 @@ def verify_run(run_dir: str | Path) -> dict[str, str]:
     return sums
 
 
-def is_run_dir(path: str | Path) -> bool:
-    """True if `path` is a complete run directory whose files match their checksums."""
-    try:
-        verify_run(path)
-    except CorruptResult:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------------------------------
 # Readers
 
@@ -371,11 +362,11 @@ def _run_dirs(directory: str | Path) -> list[tuple[Path, dict[str, Any] | None]]
     )
 
 
-def _finished_runs(directory: str | Path) -> list[Path]:
-    """The run directories of a run or sweep dir that hold results, each verified: a run
+def _finished_runs(runs: list[tuple[Path, dict[str, Any] | None]]) -> list[Path]:
+    """Of `_run_dirs`' list, the run directories that hold results, each verified: a run
     dir, or every cell the manifest calls finished (CorruptResult if one does not check)."""
     out = []
-    for p, cell in _run_dirs(directory):
+    for p, cell in runs:
         if cell is None or cell["status"] in FINISHED:
             try:
                 verify_run(p)
@@ -413,7 +404,7 @@ def read_metrics(directory: str | Path) -> pd.DataFrame:
     import pandas as pd
 
     rows = []
-    for p in _finished_runs(directory):
+    for p in _finished_runs(_run_dirs(directory)):
         rows += [{"run": p.name, **flatten_record(r)} for r in read_records(p)]
     return pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=["run"])
 
@@ -421,7 +412,8 @@ def read_metrics(directory: str | Path) -> pd.DataFrame:
 def artifact_paths(directory: str | Path, name: str) -> dict[str, Path]:
     """{run name: path} of artifact `name` (a RunResult.files entry) in a run dir, or in every
     finished cell of a sweep dir that has it."""
-    return {p.name: p / name for p in _finished_runs(directory) if (p / name).is_file()}
+    runs = _finished_runs(_run_dirs(directory))
+    return {p.name: p / name for p in runs if (p / name).is_file()}
 
 
 def read_summaries(directory: str | Path) -> pd.DataFrame:
@@ -433,8 +425,9 @@ def read_summaries(directory: str | Path) -> pd.DataFrame:
     import pandas as pd
 
     rows = []
-    finished = set(_finished_runs(directory))
-    for p, cell in _run_dirs(directory):
+    runs = _run_dirs(directory)
+    finished = set(_finished_runs(runs))
+    for p, cell in runs:
         if p in finished:
             s = _read_json(p / "summary.json")
             status = "diverged" if s["diverged"] else "done"

@@ -400,26 +400,28 @@ def run_sweep(
         except ConfigError as e:
             raise ConfigError(f"cell {c.id}: {e}") from None
 
-    digest = cfg.digest()
+    config_hash = cfg.digest()
     name = cfg.experiment.name
     need = sweep_bytes(cfg, cells)
 
     def same_sweep(out: Path, marker: dict[str, Any] | None) -> None:
         prev = _previous_hash(out, marker) if marker is not None else None
-        if prev is not None and prev != digest and not force:
+        if prev is not None and prev != config_hash and not force:
             raise SweepError(
                 f"{out} holds a different sweep (experiment {name!r}, config hash "
-                f"{prev[:12]} ≠ {digest[:12]}); use another out_dir or force=True to redo the "
+                f"{prev[:12]} ≠ {config_hash[:12]}); use another out_dir or force=True to redo the "
                 "cells whose config changed"
             )
 
     with owned_output(
-        out_dir, "sweep", name, config_hash=digest, need_bytes=need, accept=same_sweep
+        out_dir, "sweep", name, config_hash=config_hash, need_bytes=need, accept=same_sweep
     ) as out:
-        return _run_cells(cfg, cells, cfgs, cell_fn, out, executor, workers, progress)
+        return _run_cells(cfg, config_hash, cells, cfgs, cell_fn, out, executor, workers, progress)
 
 
-def _run_cells(cfg, cells, cfgs, cell_fn, out, executor, workers, progress) -> dict[str, Any]:
+def _run_cells(
+    cfg, config_hash, cells, cfgs, cell_fn, out, executor, workers, progress
+) -> dict[str, Any]:
     remove_temps(out)
     corrupt = {}
     entries = {}  # the manifest's cell entries, updated in place as cells finish
@@ -437,7 +439,7 @@ def _run_cells(cfg, cells, cfgs, cell_fn, out, executor, workers, progress) -> d
     manifest = {
         "version": 2,
         "experiment": cfg.experiment.name,
-        "config_hash": cfg.digest(),
+        "config_hash": config_hash,
         "cells": list(entries.values()),
     }
     if corrupt:

@@ -5,14 +5,16 @@ learner is then well specified for its prompt-identified mixture."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 from flax import nnx
 
 from covsim.config import Config
 from covsim.models.tabular import Tabular, class_radices, prompt_radices
 from covsim.results import RunResult
-from covsim.runners.registry import register_runner
-from covsim.runners.train import train_cell
+from covsim.runners.registry import RunnerSpec, register_runner
+from covsim.runners.train import check_cell, train_cell
 from covsim.sweep import Cell
 from covsim.tasks.mixture import Mixture
 
@@ -40,7 +42,9 @@ def tabular_model_fn(cfg: Config, task):
     return model_fn
 
 
-@register_runner("train_tabular")
+@register_runner(
+    "train_tabular", RunnerSpec(check=partial(check_cell, model_fn_of=tabular_model_fn))
+)
 def run_train_tabular(cfg: Config, cell: Cell) -> RunResult:
     """The "train" runner with a Tabular learner whose prompt code fits the task (see module
     doc); for a Mixture, the summary also holds each class's final KL and Cov_N per seed."""

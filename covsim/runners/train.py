@@ -15,11 +15,11 @@ from flax import nnx
 
 from covsim import metrics as M
 from covsim.checkpoint import checkpoint_bytes
-from covsim.config import Config
+from covsim.config import Config, ConfigError
 from covsim.evaluate import chunked_log_prob
 from covsim.experiment import build_model_fn, build_optimizer, build_task, train_spec
 from covsim.results import RunResult
-from covsim.runners.registry import cell_keys, register_runner
+from covsim.runners.registry import RunnerSpec, cell_keys, register_runner
 from covsim.sweep import Cell
 from covsim.tasks import Task
 from covsim.train import TrainOutput, TrainSpec, make_train, run_seeds, to_records
@@ -43,7 +43,34 @@ def _sizes(task: Task) -> tuple[int, int, int, int]:
     return task.V, task.H, task.P, task.prompt_vocab
 
 
-@register_runner("train")
+def check_cell(cfg: Config, model_fn_of=build_model_fn) -> None:
+    """Build one cell's task, learner and optimizer (and its [pretrain] stage's) the way
+    `train_cell` will, so that a bad value is a one-line ConfigError naming the field before
+    anything runs; Pass@N needs a task with a verifier."""
+    stages = [("", cfg)] + ([("pretrain.", pretrain_config(cfg))] if cfg.pretrain else [])
+    for prefix, sc in stages:
+        section = "task"
+        try:
+            task = build_task(sc)
+            section = "model"
+            model_fn_of(sc, task)
+            section = "optim"
+            build_optimizer(sc, task)
+        except (ValueError, TypeError) as e:
+            msg = " ".join(str(e).split())
+            where = prefix + section
+            named = msg.startswith((f"{where}.", f"{where}:", "pretrain."))
+            if msg.startswith(("kind:", "name:")):  # the factory names its own field
+                msg, named = f"{where}.{msg}", True
+            raise ConfigError(msg if named else f"{where}: {msg}") from None
+        if sc.train.pass_at and not hasattr(task, "good_set"):
+            raise ConfigError(
+                f"{prefix}train.pass_at: task kind {sc.task.kind!r} has no verifier "
+                "(good_set), so Pass@N is undefined; remove train.pass_at"
+            )
+
+
+@register_runner("train", RunnerSpec(check=check_cell))
 def run_train(cfg: Config, cell: Cell) -> RunResult:
     """Train every seed of the cell (vmapped) and score each checkpoint against π_D; with a
     [pretrain] stage, first train the same seeds on its task and start from their final
