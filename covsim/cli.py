@@ -47,9 +47,7 @@ import datetime as dt
 import math
 import os
 import re
-import signal
 import sys
-import threading
 import time
 import tomllib
 from collections.abc import Sequence
@@ -652,26 +650,19 @@ def _positive(text: str) -> int:
     return v
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that cleanup (finally, with) runs as on Ctrl-C."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _enable_compile_cache()
+    from covsim import interrupt
     from covsim.outdir import OutputError
     from covsim.results import CorruptResult
     from covsim.sweep import SweepError
 
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        rc = args.fn(args)
-        sys.stdout.flush()  # inside the try: a reader that left shows here, not at exit
+        with interrupt.handled():
+            rc = args.fn(args)
+            interrupt.check()  # a Ctrl-C swallowed on the way (in a gc callback) still counts
+            sys.stdout.flush()  # inside the try: a reader that left shows here, not at exit
         return rc
     except (ConfigError, UsageError, SweepError, OutputError, CorruptResult) as e:
         msg = " ".join(str(e).split())
@@ -682,13 +673,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `covsim list | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (KeyboardInterrupt, Terminated) as e:
+    except (KeyboardInterrupt, interrupt.Terminated) as e:
         # finished cells are on disk and the manifest was written on the way out
         print("\ninterrupted; rerun the same command to resume", file=sys.stderr)
         return 130 if isinstance(e, KeyboardInterrupt) else 143
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from covsim import interrupt
 from covsim.checks import check_int
 from covsim.config import Config, ConfigError, dump_config
 from covsim.fileio import atomic_write_text, digest, remove_temps
@@ -478,6 +479,7 @@ def _run_cells(
                 bar.update()
                 if failed:
                     bar.set_postfix(failed=failed)
+                interrupt.check()  # a Ctrl-C swallowed inside a cell stops the sweep here
     finally:
         bar.close()
         _write_manifest(out, manifest)  # also when interrupted: what finished is recorded
