@@ -17,6 +17,16 @@ import numpy as np
 #: (covsim.train.TrainSpec, covsim.metrics.coverage_profile, a config's train.alpha).
 DEFAULT_ALPHA = 0.05
 
+def steps_to_run(steps: int, eval_every: int, batch_size: int, n_train: int | None,
+                 epochs: int | None) -> int:
+    """Optimizer steps a run takes: `steps`, or fewer when `epochs` passes over a fixed
+    dataset of `n_train` sequences end first (rounded up to a multiple of `eval_every`)."""
+    if epochs is None or n_train is None:
+        return steps
+    evals = math.ceil(epochs * n_train / (batch_size * eval_every))
+    return min(steps, evals * eval_every)
+
+
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
     """Return `value` as int, or raise ValueError naming `name` and the range [low, high]."""
     allowed = _range_text(low, high, integer=True)

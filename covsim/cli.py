@@ -140,10 +140,11 @@ def _importable_cell_fn():
     return importlib.import_module("covsim.cli")._cell_fn
 
 
-def _preflight(cfg: Config) -> None:
+def _preflight(cfg: Config, one_cell: bool = False) -> None:
     """Run the runner's own cell check (`RunnerSpec.check`: the trainers build the task,
-    learner and optimizer) on every distinct cell, so that a bad value in any cell (e.g. the
-    second value of a sweep axis) is a one-line config error before anything runs."""
+    learner and optimizer and bound the memory) on every distinct cell, so that a bad value in
+    any cell (e.g. the second value of a sweep axis) is a one-line config error before
+    anything runs. `one_cell`: all seeds run together (`covsim run`)."""
     from covsim import registry as R
     from covsim.fileio import digest
     from covsim.sweep import cell_config, expand_grid
@@ -152,13 +153,14 @@ def _preflight(cfg: Config) -> None:
     if check is None:
         return  # the runner's sections are checked by covsim.config alone
     seen = set()
-    for cell in expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds):
+    together = one_cell or cfg.sweep.vmap_seeds
+    for cell in expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=together):
         c = cell_config(cfg, cell)
         d = c.to_dict()
         key = digest({k: d.get(k) for k in ("task", "model", "optim", "train", "pretrain")})
         if key not in seen:
             seen.add(key)
-            check(c)
+            check(c, len(cell.seeds))
 
 
 def _load_cli(args) -> tuple[Config, Path]:
@@ -241,7 +243,7 @@ def cmd_run(args) -> int:
             f"sweep.axes: `covsim run` runs one point but this config sweeps "
             f"{', '.join(cfg.sweep.axes)}; use `covsim sweep`, or --set 'sweep.axes={{}}'"
         )
-    _preflight(cfg)
+    _preflight(cfg, one_cell=True)
     # One run: every seed in one cell, as sweep.vmap_seeds = true does.
     [cell] = expand_grid({}, cfg.sweep.seeds, vmap_seeds=True)
     t0 = time.perf_counter()

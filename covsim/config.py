@@ -45,7 +45,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from covsim.checks import DEFAULT_ALPHA
+from covsim.checks import DEFAULT_ALPHA, steps_to_run
 from covsim.fileio import atomic_write_text, digest
 
 PosInt = Annotated[int, Field(ge=1)]
@@ -153,7 +153,12 @@ class TrainSection(_Section):
     pass_at: Annotated[list[PosInt], AfterValidator(lambda v: _no_repeats(v, "Pass@N sizes"))] = (
         Field(default_factory=list)
     )
-    loss: Literal["sequence", "token"] = "sequence"  # sequence- or token-level SGD (notes §3.4)
+    # "sequence": Σ_h NLL (the paper's objective); "token": its per-token mean; "distill": the
+    # truncated distillation surrogate with budget log(distill_N) (Eqs. 35–36, App. G)
+    loss: Literal["sequence", "token", "distill"] = "sequence"
+    distill_N: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
+    # "batch": one optimizer update per batch; "token": one per token position (Eq. 12, §6)
+    update: Literal["batch", "token"] = "batch"
     alpha: Annotated[float, Field(gt=0, lt=1)] | None = None  # Cov_N intervals at level 1 - alpha
     eval_chunk: PosInt | None = None  # evaluation batch, bounds memory
     checkpoints: list[NonNegInt] = Field(default_factory=list)  # steps whose params are kept
@@ -171,10 +176,8 @@ class TrainSection(_Section):
         (rounded up to a multiple of `eval_every`)."""
         if self.steps is None:
             return 0
-        if self.epochs is None or self.n_train is None:
-            return self.steps
-        evals = math.ceil(self.epochs * self.n_train / (self.batch_size * self.eval_every))
-        return min(self.steps, evals * self.eval_every)
+        n = None if self.online else self.n_train
+        return steps_to_run(self.steps, self.eval_every, self.batch_size, n, self.epochs)
 
 
 def _no_repeats(values: list[Any], what: str) -> list[Any]:
@@ -466,6 +469,9 @@ def _check_train(t: TrainSection, where: str) -> None:
             f"{where}.steps: must be a multiple of {where}.eval_every = {t.eval_every}, "
             f"got {t.steps}"
         )
+    if t.distill_N is not None and t.loss != "distill":
+        raise ConfigError(f"{where}.distill_N: only with {where}.loss = \"distill\", got "
+                          f"loss = {t.loss!r}")
     for i, s in enumerate(t.checkpoints):
         if s > t.steps or s % t.eval_every:
             raise ConfigError(

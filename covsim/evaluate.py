@@ -35,7 +35,7 @@ class EvalMetrics(NamedTuple):
     cov_hi: Array  # (k,) upper end
     pos_ce: Array  # (H,) per-position cross-entropy
     pos_kl: Array  # (H,) per-position exact token KL
-    pass_at: Array  # (m,) exact Pass@N for the pass_Ns grid (empty when not asked)
+    pass_at: Array  # (m,) exact Pass@N at the sizes evaluate(pass_at=...) asked (empty if none)
     # (s,) log π̂(y|x) of held-out selection samples (empty unless the trainer asks for them)
     select_logq: Array = np.zeros((0,), np.float32)
 
@@ -52,7 +52,7 @@ def evaluate(
     eval_set: tuple[Array, Array, Array],
     *,
     Ns: Array,
-    pass_Ns: tuple[int, ...] = (),
+    pass_at: tuple[int, ...] = (),
     alpha: float = 0.05,
     chunk: int = 1024,
 ) -> EvalMetrics:
@@ -66,7 +66,7 @@ def evaluate(
     def one_chunk(x, y):
         q = model(x, y)  # (c, H, V)
         tok_q = gather_tokens(q, y)
-        good = p_good(task, model, x) if pass_Ns else jnp.zeros((x.shape[0],))
+        good = p_good(task, model, x) if pass_at else jnp.zeros((x.shape[0],))
         return jnp.sum(tok_q, -1), tok_q, M.token_kl(task.next_token_log_probs(x, y), q), good
 
     lq, tok_q, tkl, good = chunked(one_chunk, ex, ey, chunk=chunk)
@@ -74,10 +74,10 @@ def evaluate(
     prof = M.coverage_profile(r, Ns, alpha=alpha)
     kl, kl_se = M.kl_with_se(r)
     pos_kl = jnp.mean(tkl, axis=0)
-    if pass_Ns:
-        pass_at = M.pass_at_n_exact(good, jnp.asarray(pass_Ns, jnp.float32))
+    if pass_at:
+        pass_vals = M.pass_at_n_exact(good, jnp.asarray(pass_at, jnp.float32))
     else:
-        pass_at = jnp.zeros((0,))
+        pass_vals = jnp.zeros((0,))
     return EvalMetrics(
         kl=kl,
         kl_se=kl_se,
@@ -88,7 +88,7 @@ def evaluate(
         cov_hi=prof.hi,
         pos_ce=M.per_position_ce(tok_q),
         pos_kl=pos_kl,
-        pass_at=pass_at,
+        pass_at=pass_vals,
     )
 
 

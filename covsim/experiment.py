@@ -131,8 +131,15 @@ def optim_spec(cfg: Config) -> dict[str, Any]:
 
 
 def theory_args(cfg: Config, task: Task) -> dict[str, Any]:
-    """What the paper's step-size rules need (notes §3.4–3.5): B, H, T, σ⋆², N."""
-    args: dict[str, Any] = {"H": task.H, "T": cfg.train.n_steps, "N": max(cfg.train.Ns)}
+    """What the paper's step-size rules need (§5–6): B, H, T, σ⋆², N, and which rule: the
+    [train] section decides it (update = "token": Thm 6.1's; loss = "distill": Thm G.2's, with
+    N = train.distill_N; else the optimizer's own)."""
+    t = train_spec(cfg)
+    args: dict[str, Any] = {"H": task.H, "T": t.n_steps, "N": max(t.Ns)}
+    if t.update == "token":
+        args["rule"] = "token_sgd"
+    elif t.loss == "distill":
+        args["rule"], args["N"] = "distill_sgd", t.distill_N
     if hasattr(task, "B"):
         args["B"] = float(task.B)
     if hasattr(task, "sigma_star_sq"):
@@ -147,30 +154,7 @@ def build_optimizer(cfg: Config, task: Task):
 
 
 def train_spec(cfg: Config) -> TrainSpec:
-    """The TrainSpec of a config; token_sgd updates per token, distill_sgd uses the
-    truncated distillation loss with the optimizer's N."""
-    t = cfg.train
-    kw: dict[str, Any] = {}
-    if cfg.optim.name == "token_sgd":
-        kw["update"] = "token"
-    if cfg.optim.name == "distill_sgd":
-        kw["loss"], kw["distill_N"] = "distill", float(cfg.optim.params["N"])
-    else:
-        kw["loss"] = t.loss
-    if t.alpha is not None:
-        kw["alpha"] = t.alpha
-    if t.eval_chunk is not None:
-        kw["eval_chunk"] = t.eval_chunk
-    if t.select_samples is not None:
-        kw["select_samples"] = t.select_samples
-    return TrainSpec(
-        steps=t.n_steps,
-        batch_size=t.batch_size,
-        n_train=None if t.online else t.n_train,
-        eval_every=t.eval_every,
-        eval_samples=t.eval_samples,
-        Ns=tuple(t.Ns),
-        pass_Ns=tuple(t.pass_at),
-        keep_params=bool(t.checkpoints),
-        **kw,
-    )
+    """The [train] table as the trainer's TrainSpec: the same names; keys left out take the
+    trainer's defaults."""
+    given = cfg.train.model_dump(exclude_none=True)
+    return TrainSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})

@@ -19,8 +19,9 @@ Conventions shared by every function:
 
 Map: log_ratio, coverage, coverage_profile, coverage_exact · kl, kl_with_se, kl_exact,
 cross_entropy, token_kl, per_position_ce, per_position_kl, stopped_kl · empirical_coverage,
-empirical_coverage_matrix · pass_at_n_exact, pass_at_k, pass_at_k_jnp · kl_coverage_bound,
-kl_coverage_bound_simple, hellinger_coverage_bound, stopped_kl_coverage_bound, hellinger_sq_exact.
+empirical_coverage_matrix · wilson, wilson_score · pass_at_n_exact, pass_at_k, pass_at_k_jnp ·
+kl_coverage_bound, kl_coverage_bound_simple, hellinger_coverage_bound, stopped_kl_coverage_bound,
+hellinger_sq_exact.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def coverage_profile(
         n = jnp.asarray(np.shape(r)[0], f32)
     else:
         n = jnp.sum(w) ** 2 / jnp.sum(w**2)
-    lo, hi = _wilson(cov, n, alpha)
+    lo, hi = wilson(cov, n, alpha)
     return CoverageProfile(N, cov, lo, hi, jnp.broadcast_to(n, N.shape))
 
 
@@ -287,20 +288,35 @@ def pass_at_k_jnp(n: int, c: Array, k: Array) -> Array:
 # ---- bounds on Cov_N (notes §3.2) ---------------------------------------------------------
 
 
-def kl_coverage_bound(kl: Array, N: Array) -> Array:
+def kl_coverage_bound(kl: Array, N: Array, xp=jnp) -> Array:
     """Prop. 3.1 in its exact form (Prop. F.1): Cov_N ≤ KL / (log N − 1 + 1/N), valid for N > 1.
 
     log N − 1 + 1/N = f(N)/N with f(x) = x log x − x + 1; it is tight as p → 0 for
-    π_D = Ber(p), π̂ = Ber(p/N) (Prop. F.2). Broadcasts kl against N; values > 1 are vacuous."""
-    N = _grid("N", N, above=1.0)
-    return jnp.asarray(kl, f32) / (jnp.log(N) - 1 + 1 / N)
+    π_D = Ber(p), π̂ = Ber(p/N) (Prop. F.2). Broadcasts kl against N; values > 1 are vacuous.
+    xp = np evaluates it in float64 on the host (the claims' frames)."""
+    N, kl = _grid_xp("N", N, 1.0, xp), _as_xp(kl, xp)
+    return kl / (xp.log(N) - 1 + 1 / N)
 
 
-def kl_coverage_bound_simple(kl: Array, N: Array) -> Array:
+def kl_coverage_bound_simple(kl: Array, N: Array, xp=jnp) -> Array:
     """Prop. 3.1 as stated in the paper: Cov_N ≤ KL / log(N/e), valid for N > e (weaker than
-    `kl_coverage_bound`, since log N − 1 + 1/N > log N − 1)."""
-    N = _grid("N", N, above=math.e)
-    return jnp.asarray(kl, f32) / (jnp.log(N) - 1)
+    `kl_coverage_bound`, since log N − 1 + 1/N > log N − 1). xp as in `kl_coverage_bound`."""
+    N, kl = _grid_xp("N", N, math.e, xp), _as_xp(kl, xp)
+    return kl / (xp.log(N) - 1)
+
+
+def _as_xp(a, xp):
+    return np.asarray(a, np.float64) if xp is np else jnp.asarray(a, f32)
+
+
+def _grid_xp(name: str, N, above: float, xp):
+    """`_grid` (float32 jnp), or for xp = np the same checks on concrete float64 values."""
+    if xp is not np:
+        return _grid(name, N, above=above)
+    a = np.asarray(N, np.float64)
+    for v in np.unique(np.ravel(a)):
+        check_float(name, float(v), above, low_open=True)
+    return a
 
 
 def hellinger_coverage_bound(h2: Array, N: Array) -> Array:
@@ -340,23 +356,31 @@ def _z(alpha) -> Array:
     return -ndtri(jnp.asarray(alpha, f32) / 2)
 
 
-def _wilson(p: Array, n: Array, alpha) -> tuple[Array, Array]:
-    """Wilson score interval (lo, hi) for a proportion p from n draws at level 1 − alpha."""
+def wilson(p: Array, n: Array, alpha) -> tuple[Array, Array]:
+    """Wilson score interval (lo, hi) for a proportion p from n draws at level 1 − alpha
+    (float32 jnp, jit-able; `wilson_score(..., xp=np)` is the same formula in float64)."""
     return _wilson_z(p, n, _z(alpha))
 
 
-@jax.jit
-def _wilson_z(p: Array, n: Array, z: Array) -> tuple[Array, Array]:
-    # Computed for q = min(p, 1 − p) and mirrored: `up` = centre + half has no cancellation and
-    # the two ends multiply to q²/d, so the lower end is exactly 0 at q = 0 (centre − half is not).
-    q = jnp.minimum(p, 1 - p)
+def wilson_score(p, n, z, xp=jnp):
+    """The Wilson score interval (lo, hi) for a proportion p from n draws at normal quantile
+    z, in the array namespace `xp` (jnp: float32 under jit; np: float64 on the host).
+
+    Computed for q = min(p, 1 − p) and mirrored: `up` = centre + half has no cancellation and
+    the two ends multiply to q²/d, so the lower end is exactly 0 at q = 0 (centre − half is
+    not). Equal to centre ∓ half, centre = (p + z²/2n)/d, half = z/d · √(p(1−p)/n + z²/4n²),
+    d = 1 + z²/n."""
+    q = xp.minimum(p, 1 - p)
     d = 1 + z**2 / n
-    up = (q + z**2 / (2 * n)) / d + z / d * jnp.sqrt(q * (1 - q) / n + z**2 / (4 * n**2))
+    up = (q + z**2 / (2 * n)) / d + z / d * xp.sqrt(q * (1 - q) / n + z**2 / (4 * n**2))
     down = q**2 / (d * up)
     flip = p > 0.5
-    lo = jnp.where(flip, 1 - up, down)
-    hi = jnp.where(flip, 1 - down, up)
-    return jnp.clip(lo, 0.0, 1.0), jnp.clip(hi, 0.0, 1.0)
+    lo = xp.where(flip, 1 - up, down)
+    hi = xp.where(flip, 1 - down, up)
+    return xp.clip(lo, 0.0, 1.0), xp.clip(hi, 0.0, 1.0)
+
+
+_wilson_z = jax.jit(wilson_score)
 
 
 def log_threshold(name: str, N) -> Array:

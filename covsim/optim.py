@@ -196,8 +196,6 @@ def theory_step_size(name: str, *, B=None, H=None, T=None, sigma2=None, N=None, 
 
 _FIELDS = {
     "sgd": ("eta",),
-    "token_sgd": ("eta",),
-    "distill_sgd": ("eta", "N"),
     "normalized_sgd": ("eta", "lam"),
     "sign_sgd": ("eta",),
     "adam": ("lr", "weight_decay", "b1", "b2", "eps"),
@@ -208,24 +206,27 @@ _RANGES = {
     "eta": (0.0, None, True, False),
     "lr": (0.0, None, True, False),
     "lam": (0.0, None, False, False),
-    "N": (1.0, None, True, False),
     "weight_decay": (0.0, None, False, False),
     "b1": (0.0, 1.0, False, True),
     "b2": (0.0, 1.0, False, True),
     "eps": (0.0, None, False, False),
 }
 OPTIMIZERS = tuple(_FIELDS)
+#: the theory rules each optimizer may take its "theory" step size from; which one is the
+#: training's business (token-level updates, the distillation loss: covsim.experiment)
+_RULES_OF = {"sgd": ("sgd", "token_sgd", "distill_sgd"), "normalized_sgd": ("normalized_sgd",)}
 
 
 def resolve_spec(spec: dict, theory: dict | None = None) -> dict:
     """Validate an optimizer spec and fill in "theory" step sizes; returns a new plain dict.
 
     spec: {"name": one of OPTIMIZERS, the name's fields, optional "project": {"radius", "ball"}}.
-      sgd / token_sgd / sign_sgd: eta;  normalized_sgd: eta, lam;  adam: lr, weight_decay, b1,
-      b2, eps;  distill_sgd: eta, N (A = log N truncates `truncated_distillation_loss`).
-    eta = "theory" (sgd, normalized_sgd, token_sgd, distill_sgd) takes the step size from
-    `theory_step_size(name, **theory)`; for normalized_sgd lam may then be omitted or "theory".
-    distill_sgd passes its own N to the rule. Errors name the field and the allowed values."""
+      sgd / sign_sgd: eta;  normalized_sgd: eta, lam;  adam: lr, weight_decay, b1, b2, eps.
+    eta = "theory" (sgd, normalized_sgd) takes the step size from
+    `theory_step_size(rule, **theory)`, where theory["rule"] (default: the optimizer's name)
+    is "token_sgd" for token-level updates or "distill_sgd" for the distillation loss (both
+    plain SGD steps); for normalized_sgd lam may then be omitted or "theory". Errors name the
+    field and the allowed values."""
     if not isinstance(spec, dict):
         raise TypeError(f"optimizer spec must be a dict, got {type(spec).__name__}")
     name = spec.get("name")
@@ -259,15 +260,17 @@ def resolve_spec(spec: dict, theory: dict | None = None) -> dict:
     if theory_eta or spec.get("lam") == "theory":
         if not theory_eta:
             raise ValueError("optimizer field 'lam' may be 'theory' only when 'eta' is 'theory'")
-        if name not in THEORY_RULES:
+        if name not in _RULES_OF:
             raise ValueError(
-                f"optimizer field 'eta' may be 'theory' only for {list(THEORY_RULES)}, got {name!r}"
+                f"optimizer field 'eta' may be 'theory' only for {list(_RULES_OF)}, got {name!r}"
             )
         kw = dict(theory or {})
-        if name == "distill_sgd":
-            kw["N"] = spec["N"]
+        rule_name = kw.pop("rule", name)
+        if rule_name not in _RULES_OF[name]:
+            raise ValueError(f"optimizer field 'eta' = 'theory': optimizer {name!r} has no rule "
+                             f"for {rule_name!r} training; allowed: {list(_RULES_OF[name])}")
         try:
-            rule = theory_step_size(name, **kw)
+            rule = theory_step_size(rule_name, **kw)
         except TypeError as e:
             raise ValueError(f"optimizer field 'eta' = 'theory': bad theory arguments: {e}") from e
         if name == "normalized_sgd":
@@ -304,9 +307,8 @@ def resolve_spec(spec: dict, theory: dict | None = None) -> dict:
 
 def make_optimizer(spec: dict, theory: dict | None = None) -> optax.GradientTransformation:
     """Build the transform a spec names (see `resolve_spec`), projected if spec has "project".
-
-    token_sgd and distill_sgd build plain SGD: their difference lies in the gradient the
-    trainer feeds (`token_level_sgd_epoch`, `truncated_distillation_loss`)."""
+    Token-level SGD and distillation are plain SGD fed other gradients: [train] update and
+    loss choose them (`token_level_sgd_epoch`, `truncated_distillation_loss`)."""
     s = resolve_spec(spec, theory)
     name = s["name"]
     if name not in _FIELDS:  # registered by a plugin
@@ -411,7 +413,7 @@ def _register_builtin_optimizers() -> None:
         ps.append(registry.Param("project", "table {radius, ball}", None))
         registry.register("optim", name, make_optimizer, params=ps,
                           doc=f"built-in optimizer {name!r} (eta may be \"theory\")"
-                          if "eta" in fields else f"built-in optimizer {name!r}")
+                          if name in _RULES_OF else f"built-in optimizer {name!r}")
 
 
 _register_builtin_optimizers()

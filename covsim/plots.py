@@ -175,6 +175,13 @@ def theory_line(ax, x, y, label: str, **kw):
     return line
 
 
+def loglog(ax, xlabel: str, ylabel: str, title: str | None = None) -> None:
+    """Both axes logarithmic, with their labels (and a title)."""
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
+    if title is not None:
+        ax.set_title(title)
+
+
 def save(fig, path: str | Path, dpi: int = DPI) -> Path:
     """Tight layout, write `path` atomically (temp file in the same folder, then rename), close
     the figure. The format comes from the suffix (.png, .pdf, .svg)."""

@@ -6,7 +6,8 @@ Ranks: `spearman`. Frames: `cov_columns`, `finals`, `per_class_arrays`, `per_cla
 `length_stats` (a length sweep: KL's growth, Cov_N's spread, from a sweep directory).
 
 The device-side Cov_N interval of every checkpoint is `covsim.metrics.coverage_profile`; the
-Wilson score formula is the same (`covsim.metrics.wilson` evaluates it in float32 under jit).
+Wilson score formula is the same one, `covsim.metrics.wilson_score` (float32 under jit there,
+float64 here).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from covsim.metrics import wilson_score
 from covsim.results import read_config, read_metrics, read_summaries
 
 # ---- intervals ---------------------------------------------------------------------------------
@@ -30,21 +32,18 @@ def z_value(alpha: float) -> float:
 
 
 def wilson_interval(k: int, m: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for k successes in m trials at normal quantile z; (0, 1) if m = 0."""
+    """Wilson score interval for k successes in m trials at normal quantile z; (0, 1) if m = 0
+    (`covsim.metrics.wilson_score` in float64)."""
     if m == 0:
         return 0.0, 1.0
-    p = k / m
-    d = 1 + z * z / m
-    c = (p + z * z / (2 * m)) / d
-    h = z / d * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m))
-    return max(0.0, c - h), min(1.0, c + h)
+    lo, hi = wilson_score(np.float64(k / m), np.float64(m), np.float64(z), xp=np)
+    return float(lo), float(hi)
 
 
 def wilson_half_width(p: float, n: float, alpha: float) -> float:
     """Half-width of the two-sided 1 − alpha Wilson score interval for p from n draws."""
-    z = z_value(alpha)
-    d = 1 + z * z / n
-    return z / d * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    lo, hi = wilson_score(np.float64(p), np.float64(n), np.float64(z_value(alpha)), xp=np)
+    return float(hi - lo) / 2
 
 
 def mean_ci(df, x: str, y: str, z: float = 1.96) -> tuple[np.ndarray, ...]:

@@ -274,8 +274,9 @@ def _isolated(
 def _ray(cell_fn: CellFn, jobs: Jobs, workers: int) -> Iterator[tuple[Cell, RunResult | Failure]]:
     ray = _import_ray()
     started = not ray.is_initialized()
-    if started:
-        ray.init()
+    if started:  # workers import what this process can: covsim, the config's plugin folder
+        path = os.pathsep.join(p for p in sys.path if p)
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}})
     call = ray.remote(_call)
     queue, pending = list(jobs)[::-1], {}
     try:

@@ -4,14 +4,15 @@
     out = trainer(key)                       # whole run: one pure function (jit/vmap-able)
     outs = run_seeds(trainer, seeds)         # many seeds, vmapped, with a progress bar
 
-A run is `spec.steps` optimizer steps split into `n_evals = steps // eval_every` segments; each
+A run is `spec.n_steps` optimizer steps split into `n_evals = n_steps // eval_every` segments; each
 segment is a `lax.scan` over `eval_every` steps followed by an evaluation on a fixed set of
 fresh ground-truth samples (drawn once per seed, so checkpoints are compared on the same data).
 Checkpoint 0 is the initialisation. Everything the evaluation measures comes back as arrays with
 a leading (n_evals + 1) axis; no host I/O happens inside.
 
 Data regimes: a fixed dataset of `n_train` sequences visited in shuffled epochs (the paper's
-figures, MLE-like), or `n_train=None`: fresh samples every step (its SGD theorems).
+figures, MLE-like), or `online=True` (or no n_train): fresh samples every step (its SGD
+theorems).
 
 Warm start: `trainer(key, params)` (and `run_seeds(..., params=...)`) starts from given
 parameters, e.g. a pre-training stage's (covsim.experiment's [pretrain]). Model selection:
@@ -36,7 +37,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from covsim.checks import DEFAULT_ALPHA, check_float, check_int, check_Ns
+from covsim.checks import DEFAULT_ALPHA, check_float, check_int, check_Ns, steps_to_run
 from covsim.evaluate import EvalMetrics, chunked_log_prob, evaluate, make_eval_set
 from covsim.optim import truncated_distillation_loss
 from covsim.tasks.base import Task, gather_tokens
@@ -48,24 +49,30 @@ _SELECT_STREAM = 0x5E1EC7  # fold_in constant of the selection set's key
 
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
-    """What a run does. Sizes are static: a new value means a new compilation."""
+    """What a run does: the fields of an experiment file's [train] table, by the same names
+    (`TrainSpec(**cfg.train...)`, see covsim.experiment.train_spec). Sizes are static: a new
+    value means a new compilation."""
 
-    steps: int
+    steps: int  # optimizer steps (a cap when `epochs` is set), a multiple of eval_every
     batch_size: int
-    n_train: int | None = None  # None: online, fresh samples every step
+    n_train: int | None = None  # a fixed dataset of n_train sequences ...
+    online: bool = False  # ... or fresh samples every step (also when n_train is None)
+    epochs: int | None = None  # fixed dataset: stop after this many passes if before `steps`
     eval_every: int = 100
     eval_samples: int = 4096
     eval_chunk: int = 1024  # model evaluation is chunked to bound memory
     Ns: tuple[float, ...] = (2.0, 4.0, 16.0, 64.0)
-    pass_Ns: tuple[int, ...] = ()  # Pass@N, exact, for tasks with `good_set`
+    pass_at: tuple[int, ...] = ()  # Pass@N, exact, for tasks with `good_set`
     # "sequence": Σ_h NLL (the paper's objective); "token": its per-token mean; "distill": the
-    # truncated distillation surrogate with budget log(distill_N) (notes §3.5 (ii)).
+    # truncated distillation surrogate with budget A = log(distill_N) (Eqs. 35–36, App. G).
     loss: Literal["sequence", "token", "distill"] = "sequence"
     distill_N: float = 16.0
     # "batch": one optimizer update per batch; "token": one per token position (Eq. 12).
     update: Literal["batch", "token"] = "batch"
     alpha: float = DEFAULT_ALPHA  # coverage intervals are (1 - alpha) Wilson intervals
-    keep_params: bool = False  # stack the parameters of every checkpoint in the output
+    # evaluation steps whose parameters are kept (all checkpoints are stacked in the output
+    # when this is non-empty; the runner keeps these)
+    checkpoints: tuple[int, ...] = ()
     # held-out π_D samples whose log π̂(y|x) is kept at every checkpoint (in
     # EvalMetrics.select_logq): the observable data covsim.select's tournaments score on
     select_samples: int = 0
@@ -78,6 +85,8 @@ class TrainSpec:
         check_int("batch_size", self.batch_size, 1)
         if self.n_train is not None:
             check_int("n_train", self.n_train, 1)
+        if self.epochs is not None:
+            check_int("epochs", self.epochs, 1)
         check_int("eval_every", self.eval_every, 1, self.steps)
         if self.steps % self.eval_every:
             raise ValueError(
@@ -89,12 +98,19 @@ class TrainSpec:
         check_int("select_samples", self.select_samples, 0)
         check_int("sample_chunk", self.sample_chunk, 1)
         object.__setattr__(self, "Ns", tuple(float(N) for N in check_Ns("Ns", self.Ns)))
-        for N in self.pass_Ns:
-            check_int("pass_Ns", N, 1)
-        for name in ("Ns", "pass_Ns"):  # records key values by N: a repeat would merge two
+        object.__setattr__(self, "pass_at", tuple(self.pass_at))
+        object.__setattr__(self, "checkpoints", tuple(self.checkpoints))
+        for N in self.pass_at:
+            check_int("pass_at", N, 1)
+        for name in ("Ns", "pass_at"):  # records key values by N: a repeat would merge two
             vals = [float(v) for v in getattr(self, name)]
             if len(set(vals)) < len(vals):
                 raise ValueError(f"argument {name} must not repeat a value, got {vals}")
+        for c in self.checkpoints:
+            check_int("checkpoints", c, 0, self.steps)
+            if c % self.eval_every:
+                raise ValueError(f"argument checkpoints must hold evaluation steps (multiples "
+                                 f"of eval_every={self.eval_every}), got {c}")
         if self.loss not in ("sequence", "token", "distill"):
             raise ValueError(
                 f"argument loss must be one of 'sequence', 'token', 'distill', got {self.loss!r}"
@@ -106,8 +122,19 @@ class TrainSpec:
         check_float("distill_N", self.distill_N, 1.0)
 
     @property
+    def fixed_data(self) -> bool:
+        """A fixed dataset of n_train sequences (else fresh samples every step)."""
+        return self.n_train is not None and not self.online
+
+    @property
+    def n_steps(self) -> int:
+        """The steps this run takes (`steps`, or fewer when `epochs` end first)."""
+        n = self.n_train if self.fixed_data else None
+        return steps_to_run(self.steps, self.eval_every, self.batch_size, n, self.epochs)
+
+    @property
     def n_evals(self) -> int:
-        return self.steps // self.eval_every
+        return self.n_steps // self.eval_every
 
 
 class TrainOutput(NamedTuple):
@@ -115,7 +142,7 @@ class TrainOutput(NamedTuple):
     metrics: EvalMetrics  # fields with leading (E+1,)
     train_loss: Array  # (E+1,) mean training loss over the segment before each checkpoint
     diverged_step: Array  # () int32, −1 if the run never diverged
-    params: Any  # final parameters (or (E+1, ...) stacked when spec.keep_params)
+    params: Any  # final parameters (or (E+1, ...) stacked when spec.checkpoints)
 
 
 class _State(NamedTuple):
@@ -172,11 +199,11 @@ class Trainer:
     def _batch_indices(self, key: Array) -> Array:
         """(steps, b) indices into the fixed dataset: consecutive shuffled epochs."""
         s = self.spec
-        n_epochs = math.ceil(s.steps * s.batch_size / s.n_train)
+        n_epochs = math.ceil(s.n_steps * s.batch_size / s.n_train)
         # one argsort of uniforms shuffles every epoch: far cheaper to compile than vmapped
         # `jax.random.permutation` (several sort rounds); uniform up to float32 ties
         perms = jnp.argsort(jax.random.uniform(key, (n_epochs, s.n_train)), axis=-1)
-        return perms.reshape(-1)[: s.steps * s.batch_size].reshape(s.steps, s.batch_size)
+        return perms.reshape(-1)[: s.n_steps * s.batch_size].reshape(s.n_steps, s.batch_size)
 
     def _sample(self, key: Array, n: int) -> tuple[Array, Array]:
         """n i.i.d. pairs from π_D, drawn `spec.sample_chunk` at a time: ((n, P), (n, H))."""
@@ -196,7 +223,7 @@ class Trainer:
         if params is None:
             params = self.init_params(k_init)
         s = self.spec
-        if s.n_train is None:
+        if not s.fixed_data:
             data = None
             eval_set = make_eval_set(self.task, k_data, s.eval_samples)
         else:  # one draw of n_train + eval_samples i.i.d. pairs: a single sampler to compile
@@ -269,7 +296,7 @@ class Trainer:
             model,
             tuple(scored),
             Ns=self.Ns,
-            pass_Ns=s.pass_Ns,
+            pass_at=s.pass_at,
             alpha=s.alpha,
             chunk=s.eval_chunk,
         )
@@ -284,7 +311,7 @@ class Trainer:
 
         def seg(st, _):
             st, (ev, loss) = self.segment(st, data, eval_set)
-            return st, (ev, loss, st.params if self.spec.keep_params else None)
+            return st, (ev, loss, st.params if bool(self.spec.checkpoints) else None)
 
         params0 = state.params
         state, (evs, losses, ps) = jax.lax.scan(seg, state, None, length=self.spec.n_evals)
@@ -296,7 +323,7 @@ class Trainer:
         loss0 = jnp.full((1,), jnp.nan, jnp.float32)
         steps = jnp.arange(self.spec.n_evals + 1, dtype=jnp.int32) * self.spec.eval_every
         params = state.params
-        if self.spec.keep_params:
+        if bool(self.spec.checkpoints):
             params = jax.tree.map(cat, params0, ps)
         return TrainOutput(
             steps, metrics, jnp.concatenate([loss0, losses]), state.diverged_step, params
@@ -372,7 +399,7 @@ def _run_with_progress(trainer: Trainer, keys: Array, mode: str, params=None) ->
     else:
         groups = [(k, _row(params, i)) for i, k in enumerate(keys)]
     outs = []
-    with tqdm(total=s.steps * len(groups), unit="step", desc="train") as bar:
+    with tqdm(total=s.n_steps * len(groups), unit="step", desc="train") as bar:
         for k, p in groups:
             state, data, eval_set = init(k, p)
             params0 = state.params
@@ -382,7 +409,7 @@ def _run_with_progress(trainer: Trainer, keys: Array, mode: str, params=None) ->
                 state, (e, loss) = seg(state, data, eval_set)
                 evs.append(e)
                 losses.append(loss)
-                if s.keep_params:
+                if s.checkpoints:
                     ps.append(state.params)
                 bar.update(s.eval_every)
             ax = 1 if mode == "vmap" else 0
@@ -433,7 +460,7 @@ def to_records(
                     "cov_lo": {N: float(v) for N, v in zip(spec.Ns, m.cov_lo[e], strict=True)},
                     "cov_hi": {N: float(v) for N, v in zip(spec.Ns, m.cov_hi[e], strict=True)},
                     "pass_at": {
-                        N: float(v) for N, v in zip(spec.pass_Ns, m.pass_at[e], strict=True)
+                        N: float(v) for N, v in zip(spec.pass_at, m.pass_at[e], strict=True)
                     },
                     "train_loss": float(losses[e]),
                     "pos_ce": [float(v) for v in m.pos_ce[e]],

@@ -22,13 +22,16 @@ def test_registered():
     assert c.experiments == ("prop_3_1",) and (ROOT / "experiments" / "prop_3_1.toml").is_file()
 
 
-def test_bound_matches_metrics_and_the_paper_form():
+def test_bound_is_the_metrics_bound_in_float64_and_tighter_than_the_paper_form():
     kl, N = np.array([0.01, 0.5, 3.0]), np.array([3.0, 16.0, 1024.0])
-    np.testing.assert_allclose(
-        P.bound_f1(kl, N), np.asarray(metrics.kl_coverage_bound(kl, N)), rtol=1e-6
-    )
+    f1 = P.bound_f1(kl, N)
+    assert f1.dtype == np.float64
+    np.testing.assert_allclose(f1, np.asarray(metrics.kl_coverage_bound(kl, N)), rtol=1e-6)
+    np.testing.assert_array_equal(f1, kl / (np.log(N) - 1 + 1 / N))
     # F.1 is the tighter form: log N − 1 + 1/N > log(N/e)
-    assert np.all(P.bound_f1(kl, N) < P.bound_simple(kl, N))
+    assert np.all(f1 < metrics.kl_coverage_bound_simple(kl, N, xp=np))
+    with pytest.raises(ValueError, match="N"):
+        metrics.kl_coverage_bound(kl, np.array([1.0, 2.0, 3.0]), xp=np)
 
 
 @pytest.mark.parametrize("N", [3.0, 16.0, 1024.0])

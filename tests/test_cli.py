@@ -331,6 +331,9 @@ def _no_compute(*a, **k):
         ("train.eval_samples=1", "train.eval_samples: must be ≥ 2"),
         ("experiment.runner='nope'", "experiment.runner: must be one of"),
         ("runner.tol=1.0", "runner.tol: unknown config path; allowed: none"),
+        # the memory floor: 1e11 steps × 8 × 4 bytes of batch indices (≈ 3 TB) fit no device
+        ("sweep.axes={'train.steps' = [20, 100000000000]}", "train: a cell of 2 seed(s) needs"),
+        ("train.eval_samples=100000000000", "train: a cell of 2 seed(s) needs at least"),
     ],
 )
 def test_every_cell_is_validated_before_compute(tmp_path, monkeypatch, capsys, override, start):

@@ -162,7 +162,8 @@ def test_parse_value():
         ("pass_at = [1, 4]", "checkpoints = [100, 150]", "train.checkpoints[1]: must be an eval"),
         ("pass_at = [1, 4]", "checkpoints = [2000]", "train.checkpoints[0]: must be an eval"),
         ("steps = 1000", "steps = 1050", "train.steps: must be a multiple of train.eval_every"),
-        ("pass_at = [1, 4]", 'loss = "tokens"', "train.loss: must be one of 'sequence' or 'token'"),
+        ("pass_at = [1, 4]", 'loss = "tokens"',
+         "train.loss: must be one of 'sequence', 'token' or 'distill'"),
         ("pass_at = [1, 4]", "alpha = 1.0", "train.alpha: must be < 1, got 1.0"),
     ],
 )

@@ -1,10 +1,10 @@
-"""Config → objects: every task kind builds, optimizer names map to the trainer's updates,
+"""Config → objects: every task kind builds, [train] maps to the trainer by name,
 and a cell run returns contract records (with checkpoints when asked)."""
 
 import pytest
 
-from covsim.config import load_config
-from covsim.experiment import make_task, train_spec
+from covsim.config import ConfigError, load_config
+from covsim.experiment import build_task, make_task, theory_args, train_spec
 from covsim.runners import run_cell
 from covsim.sweep import expand_grid
 
@@ -32,6 +32,7 @@ eval_every = 10
 eval_samples = 200
 Ns = [2, 16]
 checkpoints = [10, 20]
+{train_extra}
 
 [sweep]
 seeds = 2
@@ -74,18 +75,34 @@ def test_bad_task_specs_name_the_field(spec, match):
         make_task(spec)
 
 
-def _cfg(tmp_path, optim, optim_params):
+def _cfg(tmp_path, optim, optim_params, train_extra=""):
     p = tmp_path / "tiny.toml"
-    p.write_text(TINY.format(optim=optim, optim_params=optim_params))
+    p.write_text(TINY.format(optim=optim, optim_params=optim_params, train_extra=train_extra))
     return load_config(p, profile=None)
 
 
-def test_optimizer_names_pick_the_update(tmp_path):
-    assert train_spec(_cfg(tmp_path, "token_sgd", "eta = 0.1")).update == "token"
-    s = train_spec(_cfg(tmp_path, "distill_sgd", "eta = 0.1\nN = 8"))
+def test_the_train_table_is_the_train_spec_by_name(tmp_path):
+    """[train] keys reach TrainSpec under their own names; token-level updates and the
+    distillation loss are [train] fields, and they choose the paper's step-size rule."""
+    s = train_spec(_cfg(tmp_path, "sgd", "eta = 0.1", 'update = "token"'))
+    assert s.update == "token" and s.loss == "sequence"
+    s = train_spec(_cfg(tmp_path, "sgd", "eta = 0.1", 'loss = "distill"\ndistill_N = 8'))
     assert s.loss == "distill" and s.distill_N == 8.0
-    s = train_spec(_cfg(tmp_path, "adam", "lr = 0.05"))
-    assert s.update == "batch" and s.loss == "sequence" and s.keep_params
+    s = train_spec(_cfg(tmp_path, "adam", "lr = 0.05", "epochs = 1"))
+    assert (s.update, s.loss, s.checkpoints, s.n_train, s.epochs) == (
+        "batch", "sequence", (10, 20), 64, 1)
+    assert s.n_steps == 10  # one pass over 64 sequences in batches of 8, rounded to eval_every
+    task = build_task(_cfg(tmp_path, "sgd", 'eta = "theory"'))
+    for extra, rule in (("", "sgd"), ('update = "token"', "token_sgd"),
+                        ('loss = "distill"\ndistill_N = 8', "distill_sgd")):
+        cfg = _cfg(tmp_path, "sgd", 'eta = "theory"', extra)
+        args = theory_args(cfg, task)
+        assert args.get("rule", "sgd") == rule and (rule != "distill_sgd" or args["N"] == 8.0)
+
+
+def test_distill_N_without_the_distillation_loss_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match='train.distill_N: only with train.loss = "distill"'):
+        _cfg(tmp_path, "sgd", "eta = 0.1", "distill_N = 8")
 
 
 def test_run_cell_records_and_checkpoints(tmp_path):

@@ -183,8 +183,15 @@ def test_make_optimizer_builds_the_named_transform():
     assert (s["eta"], s["lam"]) == optim.theory_step_size("normalized_sgd", **theory)
     s = optim.resolve_spec({"name": "normalized_sgd", "eta": "theory", "lam": 2.0}, theory)
     assert s["lam"] == 2.0
-    s = optim.resolve_spec({"name": "distill_sgd", "eta": "theory", "N": 64}, theory)
+    s = optim.resolve_spec({"name": "sgd", "eta": "theory"},
+                           {**theory, "rule": "distill_sgd", "N": 64.0})
     assert s["eta"] == optim.theory_step_size("distill_sgd", **{**theory, "N": 64.0})
+    s = optim.resolve_spec({"name": "sgd", "eta": "theory"}, {**theory, "rule": "token_sgd"})
+    assert s["eta"] == optim.theory_step_size("token_sgd", **theory)
+    with pytest.raises(ValueError, match=r"no rule for 'token_sgd' training; allowed: "
+                                         r"\['normalized_sgd'\]"):
+        optim.resolve_spec({"name": "normalized_sgd", "eta": "theory"},
+                           {**theory, "rule": "token_sgd"})
     upd = _step(optim.make_optimizer({"name": "sign_sgd", "eta": 0.5}), g, p)
     np.testing.assert_array_equal(_flat(upd), (-0.5 * np.sign(_flat(g))).astype(np.float32))
 

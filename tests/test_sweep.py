@@ -328,7 +328,7 @@ def test_ray_executor(tmp_path, cfg, calls, monkeypatch):
     # A synchronous stand-in with Ray's API: checks the in-flight bound and the bookkeeping.
     ray = types.SimpleNamespace(inited=False, out={}, peak=0)
     ray.is_initialized = lambda: ray.inited
-    ray.init = lambda: setattr(ray, "inited", True)
+    ray.init = lambda **kw: setattr(ray, "inited", True) or setattr(ray, "init_kw", kw)
     ray.shutdown = lambda: setattr(ray, "inited", False)
     ray.cancel = lambda ref, force: None
 
@@ -346,6 +346,9 @@ def test_ray_executor(tmp_path, cfg, calls, monkeypatch):
         cfg, flaky_cell_fn, tmp_path / "r", executor="ray", workers=3, progress=False
     )
     assert ray.peak == 3 and not ray.inited  # the cluster it started is shut down again
+    # its workers see this process's import path (covsim, a config's plugin folder)
+    assert ray.init_kw["runtime_env"]["env_vars"]["PYTHONPATH"].split(os.pathsep) == [
+        p for p in sys.path if p]
     assert sorted(c["status"] for c in manifest["cells"]) == ["diverged"] + ["done"] * 6 + [
         "failed"
     ]

@@ -140,7 +140,8 @@ def test_divergence_is_recorded_and_isolated(chain):
 
 
 def test_checkpoints_round_trip(chain, tmp_path):
-    spec = TrainSpec(steps=40, batch_size=16, eval_every=20, eval_samples=500, keep_params=True)
+    spec = TrainSpec(steps=40, batch_size=16, eval_every=20, eval_samples=500,
+                     checkpoints=(0, 20, 40))
     tr = make_train(chain, tabular_fn(chain), optax.adam(0.05), spec)
     out = jax.jit(tr)(jax.random.key(7))
     save_checkpoints(tmp_path, out.step, out.params)
@@ -202,7 +203,7 @@ def test_select_logq_is_the_log_prob_of_held_out_samples(chain):
     runs without it keep their data and numbers (the selection set has its own stream)."""
     base = dict(steps=20, batch_size=16, n_train=100, eval_every=10, eval_samples=300)
     tr = make_train(chain, tabular_fn(chain), optax.adam(0.05),
-                    TrainSpec(**base, keep_params=True, select_samples=50, eval_chunk=16))
+                    TrainSpec(**base, checkpoints=(10,), select_samples=50, eval_chunk=16))
     out = tr(jax.random.key(7))
     assert out.metrics.select_logq.shape == (3, 50)
     x, y = chain.sample(jax.random.fold_in(jax.random.key(7), 0x5E1EC7), 50)
@@ -231,3 +232,22 @@ def test_chunked_dataset_draw(chain):
     _, again, _ = tr.init(jax.random.key(2))
     np.testing.assert_array_equal(np.asarray(again[1]), np.asarray(Y))
     assert not np.array_equal(np.asarray(Y[:64]), np.asarray(Y[64:128]))
+
+
+def test_the_memory_estimate_is_a_floor_of_what_the_trainer_holds(chain):
+    """Every array `memory_estimate` counts for data, schedule, evaluation set and parameters
+    is one the trainer really materialises: the real bytes are at least the estimate's."""
+    from covsim.runners.train import memory_estimate, n_params
+
+    spec = TrainSpec(steps=40, batch_size=16, n_train=100, eval_every=20, eval_samples=300)
+    fn = tabular_fn(chain)
+    tr = make_train(chain, fn, optax.adam(0.05), spec)
+    state, data, eval_set = tr.init(jax.random.key(0))
+    nbytes = lambda tree: sum(a.nbytes for a in jax.tree.leaves(tree))
+    p = n_params(fn)
+    assert p * 4 == nbytes(state.params)
+    est = memory_estimate(spec, chain, p)
+    assert nbytes(data) + nbytes(eval_set) >= (
+        est["dataset and evaluation set"] + spec.n_steps * spec.batch_size * 4)
+    assert 4 * nbytes(state.params) >= nbytes((state.params, state.opt_state)) - 64
+    assert est == {k: v // 3 for k, v in memory_estimate(spec, chain, p, 3).items()}

@@ -183,12 +183,11 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
             )
         top = v[ok].max() if ok.any() and top is None else top
     plots.theory_line(ax, nn, 1 / (2 * nn), "1/(2n) (asymptotic KL of a 1-parameter MLE)")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="sample size n",
-        ylabel="KL(π_D ‖ π̂) [nats] over datasets",
-        title="KL quantiles: infinite while P(p̂ = 0) exceeds 1 − level",
+    plots.loglog(
+        ax,
+        "sample size n",
+        "KL(π_D ‖ π̂) [nats] over datasets",
+        "KL quantiles: infinite while P(p̂ = 0) exceeds 1 − level",
     )
     ax.legend(fontsize=7, loc="lower left")
     ax = axs[2]
@@ -226,12 +225,11 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
             color=color,
         )
     ax.axhline(p_star, color="0.5", lw=1, ls=":", label="p⋆ (Cov_N ≤ p⋆)")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="sample size n",
-        ylabel="(1 − δ)-quantile of Cov_N over datasets",
-        title="coverage quantiles (open markers at the bottom: = 0)",
+    plots.loglog(
+        ax,
+        "sample size n",
+        "(1 − δ)-quantile of Cov_N over datasets",
+        "coverage quantiles (open markers at the bottom: = 0)",
     )
     ax.set_ylim(top=ax.get_ylim()[1] * 30)  # room for the legend above the theory lines
     ax.legend(fontsize=6, ncol=2, loc="upper right")

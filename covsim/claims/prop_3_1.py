@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from covsim import metrics as M
 from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
 from covsim.results import n_key, read_config, read_metrics
@@ -31,15 +32,8 @@ KL_SES = 3.0  # KL is raised by this many standard errors before the bound is ev
 
 
 def bound_f1(kl, N):
-    """Prop. F.1: KL / (log N − 1 + 1/N) (NumPy, float64; N > 1)."""
-    N = np.asarray(N, np.float64)
-    return np.asarray(kl, np.float64) / (np.log(N) - 1 + 1 / N)
-
-
-def bound_simple(kl, N):
-    """Prop. 3.1 as stated: KL / log(N/e) (N > e); ≥ `bound_f1`."""
-    N = np.asarray(N, np.float64)
-    return np.asarray(kl, np.float64) / (np.log(N) - 1)
+    """Prop. F.1: KL / (log N − 1 + 1/N) in float64 (`metrics.kl_coverage_bound`; N > 1)."""
+    return M.kl_coverage_bound(kl, N, xp=np)
 
 
 def pairs(df: pd.DataFrame) -> pd.DataFrame:

@@ -186,12 +186,11 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
         f"√(σ⋆²/(n log {cols[0][0]:g})) (Thm 4.2, σ⋆² = {s2:.0f})",
         ls="-.",
     )
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="sample size n (sequences)",
-        ylabel="Cov_N (fraction of π_D mass)",
-        title=f"exact MLE, H = {int(dn['H'].iloc[0])}: mean ± 95% CI over {seeds} seeds",
+    plots.loglog(
+        ax,
+        "sample size n (sequences)",
+        "Cov_N (fraction of π_D mass)",
+        f"exact MLE, H = {int(dn['H'].iloc[0])}: mean ± 95% CI over {seeds} seeds",
     )
     _ticks(ax, ns)
     low = min(float(dn[c].groupby(dn["n"]).mean().min()) for _, c in cols)
@@ -200,12 +199,11 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
     ax = axs[1]
     for i, (N, c) in enumerate(cols):
         _errorbars(ax, *mean_ci(dH, "H", c), label=f"Cov_{N:g}", i=i)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="sequence length H (tokens)",
-        ylabel="Cov_N (fraction of π_D mass)",
-        title=f"n = {int(dH['n'].iloc[0])}, σ⋆² = {dH['sigma2'].mean():.1f} fixed: Cov_N vs H",
+    plots.loglog(
+        ax,
+        "sequence length H (tokens)",
+        "Cov_N (fraction of π_D mass)",
+        f"n = {int(dH['n'].iloc[0])}, σ⋆² = {dH['sigma2'].mean():.1f} fixed: Cov_N vs H",
     )
     lo, hi = ax.get_ylim()
     ax.set_ylim(min(lo, dH[cols[0][1]].mean() / 4), max(hi, dH[cols[0][1]].mean() * 4))
@@ -215,12 +213,11 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
     xs, m, lo_, hi_ = mean_ci(dH, "H", "kl")
     _errorbars(ax, xs, m, lo_, hi_, label="sequence KL (exact)", color="C3")
     plots.theory_line(ax, xs, m[0] * xs / xs[0], "∝ H (through the first point)")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="sequence length H (tokens)",
-        ylabel="KL(π_D ‖ π̂) [nats]",
-        title="same fits: KL grows linearly in H",
+    plots.loglog(
+        ax,
+        "sequence length H (tokens)",
+        "KL(π_D ‖ π̂) [nats]",
+        "same fits: KL grows linearly in H",
     )
     _ticks(ax, xs)
     ax.legend(fontsize=7)

@@ -27,8 +27,9 @@ class RunnerSpec:
     train_keys:     the [train] keys it reads (None: every key, the trainer's full rules)
     train_required: [train] keys that must be set
     task_keys:      [task] keys it reads besides the task kind's own parameters
-    check:          check(cell_cfg) builds what one cell would build and raises ConfigError
-                    naming the field; the CLI calls it on every distinct cell before compute
+    check:          check(cell_cfg, n_seeds) builds what one cell (of n_seeds seeds run
+                    together) would build and raises ConfigError naming the field; the CLI
+                    calls it on every distinct cell before compute
     """
 
     reads: tuple[str, ...] = TRAINER_SECTIONS
@@ -36,7 +37,7 @@ class RunnerSpec:
     train_keys: tuple[str, ...] | None = None
     train_required: tuple[str, ...] = ()
     task_keys: tuple[str, ...] = ()
-    check: Callable[[Config], None] | None = None
+    check: Callable[[Config, int], None] | None = None
 
 
 def register_runner(

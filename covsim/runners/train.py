@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 from typing import Any
 
 import jax
@@ -43,17 +44,18 @@ def _sizes(task: Task) -> tuple[int, int, int, int]:
     return task.V, task.H, task.P, task.prompt_vocab
 
 
-def check_cell(cfg: Config, model_fn_of=build_model_fn) -> None:
+def check_cell(cfg: Config, n_seeds: int = 1, model_fn_of=build_model_fn) -> None:
     """Build one cell's task, learner and optimizer (and its [pretrain] stage's) the way
     `train_cell` will, so that a bad value is a one-line ConfigError naming the field before
-    anything runs; Pass@N needs a task with a verifier."""
+    anything runs; Pass@N needs a task with a verifier; a cell of `n_seeds` vmapped seeds
+    whose memory floor (`memory_estimate`) exceeds the device's memory is refused."""
     stages = [("", cfg)] + ([("pretrain.", pretrain_config(cfg))] if cfg.pretrain else [])
     for prefix, sc in stages:
         section = "task"
         try:
             task = build_task(sc)
             section = "model"
-            model_fn_of(sc, task)
+            model_fn = model_fn_of(sc, task)
             section = "optim"
             build_optimizer(sc, task)
         except (ValueError, TypeError) as e:
@@ -68,6 +70,77 @@ def check_cell(cfg: Config, model_fn_of=build_model_fn) -> None:
                 f"{prefix}train.pass_at: task kind {sc.task.kind!r} has no verifier "
                 "(good_set), so Pass@N is undefined; remove train.pass_at"
             )
+        terms = memory_estimate(train_spec(sc), task, n_params(model_fn), n_seeds)
+        need, have = sum(terms.values()), device_memory_bytes()
+        if need > have:
+            top = max(terms, key=terms.get)
+            raise ConfigError(
+                f"{prefix}train: a cell of {n_seeds} seed(s) needs at least {_gib(need)} "
+                f"(largest: {top} {_gib(terms[top])}), more than the device's {_gib(have)}; "
+                f"lower {prefix}{_LOWER[top]}"
+            )
+
+
+#: the [train] (or sweep) keys that shrink each term of `memory_estimate`
+_LOWER = {
+    "parameters and optimizer state": "the model size (or sweep.seeds per cell)",
+    "kept checkpoints": "train.checkpoints (or train.steps / train.eval_every)",
+    "dataset and evaluation set": "train.n_train or train.eval_samples",
+    "batch schedule": "train.steps (or train.batch_size)",
+    "evaluation arrays": "train.eval_samples (or train.eval_chunk)",
+    "training batch": "train.batch_size",
+    "selection samples": "train.select_samples",
+}
+
+
+def _gib(b: float) -> str:
+    return f"{b / 2**30:.3g} GiB"
+
+
+def n_params(model_fn) -> int:
+    """Parameter count of `model_fn(key)`'s model, from shapes only (nothing allocated)."""
+    abstract = nnx.eval_shape(lambda: model_fn(jax.random.key(0)))
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def memory_estimate(spec: TrainSpec, task: Task, params: int, n_seeds: int = 1) -> dict[str, int]:
+    """A floor on the bytes a vmapped run of `n_seeds` seeds holds at once, by term (float32
+    and int32 are 4 bytes). Only arrays the trainer certainly materialises are counted
+    (a learner's activations beyond its (batch, H, V) output are not), so a cell refused on
+    this estimate cannot fit; one that passes may still not.
+
+    parameters: params, gradient and up to two optimizer moments (4 copies); checkpoints:
+    (n_evals + 1) parameter copies when kept; data: the fixed dataset plus the evaluation set,
+    (n + m) × (P + H) tokens and m log-probs; schedule: (n_steps, batch_size) indices and the
+    (epochs, n_train) shuffle keys; evaluation: (m, H) token log-probs and token KLs plus one
+    chunk's (eval_chunk, H, V) model and teacher tables; batch: (batch_size, H, V) model
+    output and its gradient; selection: select_samples sequences and their (n_evals + 1)
+    log-probs."""
+    f = 4
+    V, H, P = task.V, task.H, task.P
+    m, b = spec.eval_samples, spec.batch_size
+    n = spec.n_train if spec.fixed_data else 0
+    steps = spec.n_steps
+    epochs = -(-steps * b // n) if n else 0
+    terms = {
+        "parameters and optimizer state": 4 * params * f,
+        "kept checkpoints": (spec.n_evals + 1) * params * f if spec.checkpoints else 0,
+        "dataset and evaluation set": (n + m) * (P + H) * f + m * f,
+        "batch schedule": (steps * b + 2 * epochs * n) * f if n else 0,
+        "evaluation arrays": 2 * m * H * f + 2 * min(spec.eval_chunk, m) * H * V * f,
+        "training batch": 2 * b * H * V * f,
+        "selection samples": spec.select_samples * (P + H + spec.n_evals + 1) * f,
+    }
+    return {k: v * n_seeds for k, v in terms.items()}
+
+
+def device_memory_bytes() -> int:
+    """Memory of the default device: an accelerator's byte limit, else the host's RAM."""
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 @register_runner("train", RunnerSpec(check=check_cell))

@@ -76,7 +76,7 @@ from flax import struct
 
 from covsim.checks import check_int, check_shape
 from covsim.tasks.base import Array, Task, exact_cdf, inverse_cdf
-from covsim.tasks.mixture import checked_weights
+from covsim.tasks.mixture import checked_components, checked_weights
 
 RULES = ("parity", "antiparity", "global_parity", "uniform")
 RESPONSES = ("nodes", "edges")
@@ -633,19 +633,8 @@ class GraphMixture(Task):
     weights: Array
 
     def __post_init__(self):
-        comps = self.components
-        if not isinstance(comps, list | tuple) or len(comps) == 0:
-            raise ValueError(f"argument components must be a non-empty sequence of GraphClass, "
-                             f"got {comps!r}")
-        for i, c in enumerate(comps):
-            if not isinstance(c, GraphClass):
-                raise TypeError(f"argument components[{i}] must be a GraphClass, got "
-                                f"{type(c).__name__}")
-            for f in ("m", "L", "response", "edge_order"):
-                if getattr(c, f) != getattr(comps[0], f):
-                    raise ValueError(f"argument components[{i}] must have {f} = "
-                                     f"{getattr(comps[0], f)!r} like components[0], got "
-                                     f"{getattr(c, f)!r}")
+        comps = checked_components(self.components, GraphClass,
+                                   ("m", "L", "response", "edge_order"))
         E = max(c.edge_slots for c in comps)
         object.__setattr__(self, "components",
                            tuple(c if c.edge_slots == E else c.replace(edge_slots=E)

@@ -28,6 +28,26 @@ def checked_weights(w, K: int):
                          f"got {w.shape}")
     return jnp.asarray(w, jnp.float32)
 
+def checked_components(comps, kind: type, same: tuple[str, ...]) -> tuple:
+    """Mixture components validated as a non-empty sequence of `kind` instances that agree on
+    the attributes `same` (the format they share); returned as a tuple."""
+    if not isinstance(comps, list | tuple) or len(comps) == 0:
+        raise ValueError(f"argument components must be a non-empty sequence of "
+                         f"{kind.__name__}, got {comps!r}")
+    comps = tuple(comps)
+    for i, c in enumerate(comps):
+        if not isinstance(c, kind):
+            raise TypeError(f"argument components[{i}] must be a {kind.__name__}, got "
+                            f"{type(c).__name__}")
+        differ = [f for f in same if getattr(c, f) != getattr(comps[0], f)]
+        if differ:
+            want = ", ".join(f"{f}={getattr(comps[0], f)!r}" for f in same)
+            got = ", ".join(f"{f}={getattr(c, f)!r}" for f in same)
+            raise ValueError(f"argument components[{i}] must have {want} like components[0], "
+                             f"got {got}")
+    return comps
+
+
 class Mixture(Task):
     """Mixture(components, weights): component c is drawn with probability weights[c].
 
@@ -39,20 +59,8 @@ class Mixture(Task):
     def __post_init__(self):
         # jax rebuilds pytrees through __init__ with tracers or placeholders: check only
         # values a user gave. Components keep their static sizes through any rebuild.
-        comps = self.components
-        if not isinstance(comps, list | tuple) or len(comps) == 0:
-            raise ValueError(f"argument components must be a non-empty sequence of tasks, "
-                             f"got {comps!r}")
-        comps = tuple(comps)
+        comps = checked_components(self.components, Task, ("V", "H"))
         object.__setattr__(self, "components", comps)
-        for i, t in enumerate(comps):
-            if not isinstance(t, Task):
-                raise TypeError(f"argument components[{i}] must be a Task, got {type(t).__name__}")
-            if (t.V, t.H) != (comps[0].V, comps[0].H):
-                raise ValueError(
-                    f"argument components[{i}] must have V={comps[0].V}, H={comps[0].H} like "
-                    f"components[0], got V={t.V}, H={t.H}"
-                )
         object.__setattr__(self, "weights", checked_weights(self.weights, len(comps)))
 
     # ---- sizes ----------------------------------------------------------------------
