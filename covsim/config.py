@@ -154,10 +154,10 @@ class TrainSection(_Section):
         Field(default_factory=list)
     )
     # "sequence": Σ_h NLL (the paper's objective); "token": its per-token mean; "distill": the
-    # truncated distillation surrogate with budget log(distill_N) (Eqs. 35–36, App. G)
+    # truncated distillation surrogate with budget log(distill_N) (Eqs. 24–25, §6.2)
     loss: Literal["sequence", "token", "distill"] = "sequence"
     distill_N: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = None
-    # "batch": one optimizer update per batch; "token": one per token position (Eq. 12, §6)
+    # "batch": one optimizer update per batch; "token": one per token position (Eq. 21, §6.1)
     update: Literal["batch", "token"] = "batch"
     alpha: Annotated[float, Field(gt=0, lt=1)] | None = None  # Cov_N intervals at level 1 - alpha
     eval_chunk: PosInt | None = None  # evaluation batch, bounds memory

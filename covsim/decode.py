@@ -21,7 +21,8 @@ def sample(model, prompts: Array, H: int, key: Array, temperature: float = 1.0) 
     """y ~ π̂(·|x) (tempered): prompts (n, P) -> responses (n, H) int32.
 
     One model call per position (O(H) forward passes; no cache): fine for the small learners
-    here. Uniforms are pre-drawn and tokens chosen by inverse CDF (DESIGN.md numerics)."""
+    here. Uniforms are pre-drawn and tokens chosen by inverse CDF
+    (covsim.tasks.base.inverse_cdf)."""
     n = prompts.shape[0]
     u = open_uniform(key, (H, n))
     inv_t = 1.0 / check_float("temperature", temperature, 0.0, low_open=True)

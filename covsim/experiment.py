@@ -132,7 +132,7 @@ def optim_spec(cfg: Config) -> dict[str, Any]:
 
 def theory_args(cfg: Config, task: Task) -> dict[str, Any]:
     """What the paper's step-size rules need (§5–6): B, H, T, σ⋆², N, and which rule: the
-    [train] section decides it (update = "token": Thm 6.1's; loss = "distill": Thm G.2's, with
+    [train] section decides it (update = "token": Thm 6.1's; loss = "distill": Thm. 6.2's, with
     N = train.distill_N; else the optimizer's own)."""
     t = train_spec(cfg)
     args: dict[str, Any] = {"H": task.H, "T": t.n_steps, "N": max(t.Ns)}

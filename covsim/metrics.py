@@ -1,6 +1,6 @@
 """Coverage profile, KL / cross-entropy, Pass@N and the paper's bounds: pure functions of log-probs.
 
-Everything here is a function of the per-sample log density ratio (notes §2.1, §2.4)
+Everything here is a function of the per-sample log density ratio (Def. 1.1, Remark 2.1)
 
     r(x, y) = log π_D(y|x) − log π̂(y|x)           (sequence level: summed over the H tokens)
     Cov_N   = P_{(x,y) ~ π_D}[ r ≥ log N ]         `coverage`     (N ≥ 1; smaller is better)
@@ -192,7 +192,7 @@ def per_position_kl(teacher_logp: Array, model_logp: Array) -> Array:
 
 
 def stopped_kl(token_kl: Array, N: Array, weights: Array | None = None) -> Array:
-    """Stopped KL D_seq,N = E_{π_D}[ min{log N, Σ_h KL_h} ] (notes §2.5), always ≤ log N.
+    """Stopped KL D_seq,N = E_{π_D}[ min{log N, Σ_h KL_h} ] (Prop. D.10), always ≤ log N.
 
     token_kl (n, H): per-token KLs along samples of π_D (from `token_kl`); N scalar or (k,).
     For an enumerated space pass every sequence with weights = p(x, y) to get the exact value."""
@@ -204,7 +204,7 @@ def stopped_kl(token_kl: Array, N: Array, weights: Array | None = None) -> Array
     return _average(jnp.minimum(s, logN), _weights_or_none(weights, token_kl))
 
 
-# ---- empirical coverage between two models (tournaments, notes §2.2 and §4.8) ----------------
+# ---- empirical coverage between two models (tournaments, §6.3) ----------------
 
 
 def empirical_coverage(logp_a: Array, logp_b: Array, N: Array) -> Array:
@@ -218,7 +218,7 @@ def empirical_coverage_matrix(L: Array, N: Array) -> Array:
     """All pairs: L (K, n) log-probs of the same n samples under K models -> (K, K) + shape(N),
     entry [j, k] = Ĉov_N(π_k ‖ π_j) (row j is the candidate, column k the challenger).
 
-    The simple tournament picks argmin_j max_k of it (notes §4.8); the diagonal is 0 for N > 1."""
+    The simple tournament picks argmin_j max_k of it (Eq. 29); the diagonal is 0 for N > 1."""
     check_shape("L", L, (None, None))
     _check_nonempty("L", L)
     _grid("N", N)
@@ -249,7 +249,7 @@ def pass_at_n_exact(p_good: Array, N: Array, weights: Array | None = None) -> Ar
 
 
 def pass_at_k(n, c, k):
-    """Unbiased pass@k of Chen et al. (2021) from n samples with c correct (notes §6 (5b)):
+    """Unbiased pass@k of Chen et al. (2021) from n samples with c correct:
 
         1 − C(n−c, k)/C(n, k) = 1 − Π_{i=n−c+1..n} (1 − k/i),
 
@@ -285,14 +285,14 @@ def pass_at_k_jnp(n: int, c: Array, k: Array) -> Array:
     return jnp.where(n - c[..., 0] < k[..., 0], 1.0, -jnp.expm1(log_prod))
 
 
-# ---- bounds on Cov_N (notes §3.2) ---------------------------------------------------------
+# ---- bounds on Cov_N (Prop. 3.1, App. D) ---------------------------------------------------------
 
 
 def kl_coverage_bound(kl: Array, N: Array, xp=jnp) -> Array:
-    """Prop. 3.1 in its exact form (Prop. F.1): Cov_N ≤ KL / (log N − 1 + 1/N), valid for N > 1.
+    """Prop. 3.1 in its exact form (Prop. D.1): Cov_N ≤ KL / (log N − 1 + 1/N), valid for N > 1.
 
     log N − 1 + 1/N = f(N)/N with f(x) = x log x − x + 1; it is tight as p → 0 for
-    π_D = Ber(p), π̂ = Ber(p/N) (Prop. F.2). Broadcasts kl against N; values > 1 are vacuous.
+    π_D = Ber(p), π̂ = Ber(p/N) (Prop. D.2). Broadcasts kl against N; values > 1 are vacuous.
     xp = np evaluates it in float64 on the host (the claims' frames)."""
     N, kl = _grid_xp("N", N, 1.0, xp), _as_xp(kl, xp)
     return kl / (xp.log(N) - 1 + 1 / N)
@@ -320,13 +320,13 @@ def _grid_xp(name: str, N, above: float, xp):
 
 
 def hellinger_coverage_bound(h2: Array, N: Array) -> Array:
-    """Prop. F.4: Cov_N ≤ 2N / (√N − 1)² · D²_H(π_D, π̂), valid for N > 1."""
+    """Prop. D.4: Cov_N ≤ 2N / (√N − 1)² · D²_H(π_D, π̂), valid for N > 1."""
     N = _grid("N", N, above=1.0)
     return 2 * N / (jnp.sqrt(N) - 1) ** 2 * jnp.asarray(h2, f32)
 
 
 def stopped_kl_coverage_bound(d_seq: Array, N: Array) -> Array:
-    """Prop. F.10: Cov_N ≤ 2 / (log N − 1) · D_seq,N, valid for N > e, where d_seq is the stopped
+    """Prop. D.10: Cov_N ≤ 2 / (log N − 1) · D_seq,N, valid for N > e, where d_seq is the stopped
     KL at the same N (`stopped_kl(token_kl, N)`)."""
     N = _grid("N", N, above=math.e)
     return 2 / (jnp.log(N) - 1) * jnp.asarray(d_seq, f32)
@@ -388,7 +388,7 @@ def log_threshold(name: str, N) -> Array:
 
     For concrete N, log N is taken in float64 on the host and rounded to the nearest float32:
     the same number as a float32 r computed as log N (`np.float32(math.log(N))`), so the tie
-    r = log N — the π̂ = π_D/N case where Prop. F.2's bound is tight — always counts as
+    r = log N — the π̂ = π_D/N case where Prop. D.2's bound is tight — always counts as
     uncovered (XLA's float32 log(7) is one ulp above the correctly rounded value, which
     missed it), and N beyond float32's range (N = 1e39: log N ≈ 89.8) stays exact. A traced N
     (inside jit) falls back to float32 jnp.log."""

@@ -1,4 +1,5 @@
-"""Exact maximum likelihood for log-linear (AR linear) models over Θ = {‖θ‖ ≤ R} (notes §1, §4.2).
+"""Exact maximum likelihood for log-linear (AR linear) models over Θ = {‖θ‖ ≤ R}
+(Assumption 2.2, §4).
 
     maximise  ℓ(θ) = (1/n) Σ_i Σ_h [⟨θ, ϕ(x_i, y_i,1:h)⟩ − logsumexp_v ⟨θ, ϕ(x_i, y_i,<h, v)⟩]
                      − (l2/2) ‖θ‖²          over θ ∈ Θ,

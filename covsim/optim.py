@@ -5,14 +5,14 @@ an optax transform receives is g = −∇ log π_θ. The paper's "gradient ascen
 θ ← θ + η ∇ log π_θ, is therefore the update u = −η g here; every transform below returns
 updates in optax's convention (θ_new = θ + u, via `optax.apply_updates`).
 
-    sgd              u = −η g                          Eq. 8  (notes §3.4), sequence-level SGD
-    normalized_sgd   u = −η g / (λ + ‖g‖)              Eq. 10 (notes §3.4), ‖·‖ = global norm
-    sign_sgd         u = −η sign(g)                    Eq. 20 [A] (notes §3.4), per coordinate
-    project          u ↦ Proj_Θ(θ + u) − θ             Proj_Θ of Eqs. 8/10/12; chain it last
+    sgd              u = −η g                          Eq. 14, sequence-level SGD (Prop. 5.1)
+    normalized_sgd   u = −η g / (λ + ‖g‖)              Eq. 17, ‖·‖ = global norm (Thm. 5.1)
+    sign_sgd         u = −η sign(g)                    Eq. 20, per coordinate
+    project          u ↦ Proj_Θ(θ + u) − θ             Proj_Θ of Eqs. 14/17/21; chain it last
 
-Token-level SGD (Eq. 12, notes §3.5 (i)) is not a transform of a batch gradient but a scan over
+Token-level SGD (Eq. 21, §6.1) is not a transform of a batch gradient but a scan over
 the tokens of one sequence: `token_level_sgd_epoch`. The truncated distillation gradient
-(Eqs. 35–36, notes §3.5 (ii)) is a loss whose gradient is −ĝ: `truncated_distillation_loss`.
+(Eqs. 24–25, §6.2) is a loss whose gradient is −ĝ: `truncated_distillation_loss`.
 
 Step sizes from the proofs: `theory_step_size`. Building from a config dict: `make_optimizer`.
 """
@@ -55,7 +55,7 @@ def _check_radius(name: str, radius) -> None:
 
 
 def project_params(params, radius, ball: str = "l2"):
-    """Euclidean projection of a params pytree onto the ball of radius R (notes §1, Ass. 2.2).
+    """Euclidean projection of a params pytree onto the ball of radius R (Assumption 2.2).
 
     l2: θ / max(1, ‖θ‖/R) with ‖·‖ the global norm over all leaves; linf: clip(θ, −R, R).
     R = inf is the identity. Pure jnp; `radius` may be traced."""
@@ -99,7 +99,8 @@ def sgd(eta) -> optax.GradientTransformation:
 
 
 def adam(lr, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8) -> optax.GradientTransformation:
-    """Adam (AdamW with decoupled decay when weight_decay > 0); defaults are notes §7 item 5."""
+    """Adam (AdamW with decoupled decay when weight_decay > 0); defaults are optax's (the paper
+    states none)."""
     lr = check_float("lr", lr, 0.0, None, low_open=True)
     weight_decay = check_float("weight_decay", weight_decay, 0.0)
     b1 = check_float("b1", b1, 0.0, 1.0, high_open=True)
@@ -111,7 +112,7 @@ def adam(lr, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8) -> optax.GradientTran
 
 
 def normalized_sgd(eta, lam) -> optax.GradientTransformation:
-    """Normalized mini-batch SGD, Eq. 10: u = −η g / (λ + ‖g‖), ‖g‖ the global norm.
+    """Normalized mini-batch SGD, Eq. 17: u = −η g / (λ + ‖g‖), ‖g‖ the global norm.
 
     With g = −ĝ this is θ + η ĝ/(λ + ‖ĝ‖). λ ≥ 0; at λ = 0 a zero gradient gives u = 0."""
     eta = check_float("eta", eta, 0.0, None, low_open=True)
@@ -127,7 +128,7 @@ def normalized_sgd(eta, lam) -> optax.GradientTransformation:
 
 
 def sign_sgd(eta) -> optax.GradientTransformation:
-    """SignSGD, Eq. 20 [A]: u = −η sign(g) per coordinate (= θ + η sign(ĝ))."""
+    """SignSGD, Eq. 20: u = −η sign(g) per coordinate (= θ + η sign(ĝ))."""
     eta = check_float("eta", eta, 0.0, None, low_open=True)
 
     def update_fn(updates, state, params=None):
@@ -153,7 +154,7 @@ def _inv(x: float) -> float:
 
 
 def theory_step_size(name: str, *, B=None, H=None, T=None, sigma2=None, N=None, K=1):
-    """The step size the paper's proofs choose (notes §3.4, §3.5). B ≥ feature-norm bound,
+    """The step size the paper's proofs choose (§5–6). B ≥ feature-norm bound,
     H horizon, T steps, sigma2 = σ⋆², N the coverage level, K the mini-batch size.
 
     * "sgd" (Prop 5.1): η = min{1/(2HB²), sqrt(2K/(σ⋆² T))}, the minimiser of 4/(ηT) + 2ησ⋆²/K
@@ -163,7 +164,7 @@ def theory_step_size(name: str, *, B=None, H=None, T=None, sigma2=None, N=None, 
       λ = M/(16η). Returns (η, λ). The proof's choice does not depend on K (K only enters the
       bound's B/(K log N) term).
     * "token_sgd" (Thm 6.1 proof): η = min{1/(2B²), (σ⋆² T)^{−1/2}}; one sequence per step, K = 1.
-    * "distill_sgd" (Thm G.2 / 6.2): η = min{1/((64 log N + 2)B²), (T σ⋆² log N / K)^{−1/2}}
+    * "distill_sgd" (Thm. 6.2): η = min{1/((64 log N + 2)B²), (T σ⋆² log N / K)^{−1/2}}
       (K = 1 is the paper; K > 1 as for "sgd").
     σ⋆² = 0 makes the variance term infinite, so the smoothness cap is returned.
     Arguments a rule does not use are accepted and ignored (pass one dict for every rule)."""
@@ -327,7 +328,7 @@ def make_optimizer(spec: dict, theory: dict | None = None) -> optax.GradientTran
     return tx
 
 
-# ---- token-level SGD and the TTT log-probability (notes §3.5 (i), §4.5–4.6) ----------------
+# ---- token-level SGD and the TTT log-probability (§6.1, Eqs. 21–23) ----------------
 
 
 def token_level_sgd_epoch(
@@ -337,7 +338,7 @@ def token_level_sgd_epoch(
     eta,
     proj: Callable[[Any], Any] | None = None,
 ):
-    """Eq. 12 on one sequence: for h = 0..H−1, θ ← proj(θ + η ∇_θ log π_θ(y_h | x, y_{<h})).
+    """Eq. 21 on one sequence: for h = 0..H−1, θ ← proj(θ + η ∇_θ log π_θ(y_h | x, y_{<h})).
 
     logp_next(theta, h) -> (V,): log π_θ(· | x, y_{<h}) for the sequence being read (close over
     x and y; it must only look at y_{<h}); `linear_logp_next` builds it for the AR linear task.
@@ -371,7 +372,7 @@ def linear_logp_next(task, prompt: Array, response: Array) -> Callable[[Array, A
     return lambda theta, h: jax.nn.log_softmax(F[h] @ theta)
 
 
-# ---- truncated distillation gradient (notes §3.5 (ii), Eqs. 35–36, §4.7) --------------------
+# ---- truncated distillation gradient (§6.2, Eqs. 24–27) --------------------
 
 
 def truncation_weights(eps: Array, A) -> Array:
@@ -392,7 +393,7 @@ def truncation_weights(eps: Array, A) -> Array:
 
 
 def truncated_distillation_loss(teacher_logp, model_logp, responses, A) -> Array:
-    """Per-sequence surrogate loss (...,) whose θ-gradient is −ĝ_θ of Eqs. 35–36:
+    """Per-sequence surrogate loss (...,) whose θ-gradient is −ĝ_θ of Eqs. 24–25:
 
         loss = −Σ_h α_h log π_θ(y_h | x, y_{<h}),  α = truncation_weights(ε, A) held constant.
 

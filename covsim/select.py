@@ -1,4 +1,5 @@
-"""Checkpoint / model selection (notes §3.5 (iii), pseudo-code §4.8–4.9).
+"""Checkpoint / model selection (§6.3: the simple tournament, Eq. 29, and the offset
+tournament, Eq. 32).
 
 Candidates π_1..π_K (e.g. the checkpoints of one run) are scored only through log-likelihoods
 of validation data drawn from π_D — observable quantities, no access to π_D's density is needed
@@ -25,7 +26,7 @@ def min_ce(L) -> int:
 
 
 def tournament(L, N: float) -> tuple[int, np.ndarray]:
-    """Simple tournament (Eq. 14 ICLR / 29 arXiv): argmin_j max_k Ĉov_N(π_k ‖ π_j).
+    """Simple tournament (Eq. 29): argmin_j max_k Ĉov_N(π_k ‖ π_j).
 
     Returns (chosen index, scores (K,)) with scores[j] = max_k Ĉov_N(π_k ‖ π_j). The diagonal
     contributes 0. Ties go to the earliest candidate."""
@@ -36,7 +37,7 @@ def tournament(L, N: float) -> tuple[int, np.ndarray]:
 
 
 def on_policy_coverage(L_gen, N: float) -> np.ndarray:
-    """Ĉov^{π_j}_N(π_k ‖ π_j) from generations (Eq. 39): (K, K).
+    """Ĉov^{π_j}_N(π_k ‖ π_j) from generations (Eq. 32): (K, K).
 
     L_gen (K, K, m): L_gen[j, k, i] = log π_k(y_i | x_i) for y_i ~ π_j(·|x_i) — candidate j's own
     samples scored by every candidate k.
@@ -51,7 +52,7 @@ def on_policy_coverage(L_gen, N: float) -> np.ndarray:
 
 
 def offset_tournament(L, L_gen, N: float, a: float) -> tuple[int, np.ndarray]:
-    """Offset ("on-policy") tournament (Eq. 39 ICLR / 32 arXiv):
+    """Offset ("on-policy") tournament (Eq. 32):
 
     argmin_j max_k { Ĉov_N(π_k ‖ π_j) − 2 N^a · Ĉov^{π_j}_N(π_k ‖ π_j) }.
     """

@@ -173,10 +173,22 @@ def per_class_medians(d: Path, by: str, N: int) -> dict[int, dict[str, Any]]:
             for h, a in per_class_arrays(d, by, N).items()}
 
 
-def length_stats(d: Path, by: str, N: int, spread_mult: float) -> dict[str, Any] | None:
+def flatness_tolerance(half_width: float, mean: float, spread_mult: float,
+                       rel_floor: float) -> tuple[float, str]:
+    """The tolerance on the spread of a quantity that should not change along an axis: the
+    larger of spread_mult × its pooled Wilson half-width (sampling noise) and rel_floor × its
+    mean (an effect size below which "flat" is accepted, so that more samples do not turn a
+    negligible change into a FAIL). Returns (tolerance, which bound: "noise" or "floor")."""
+    noise, floor = spread_mult * half_width, rel_floor * abs(mean)
+    return (noise, "noise") if noise >= floor else (floor, "floor")
+
+
+def length_stats(d: Path, by: str, N: int, spread_mult: float,
+                 rel_floor: float = 0.0) -> dict[str, Any] | None:
     """Final KL and Cov_N against a length axis `by` (a sweep column) in sweep directory d:
     per-value medians over seeds, the linear fit of KL, and the spread of the Cov_N medians
-    with its tolerance (spread_mult × the pooled Wilson half-width). None if no results."""
+    with its tolerance (`flatness_tolerance`: spread_mult × the pooled Wilson half-width or
+    rel_floor × the mean of the medians, the larger). None if no results."""
     df = read_metrics(d)
     col = f"cov@{N}"
     if df.empty or col not in df.columns or by not in df.columns:
@@ -197,7 +209,8 @@ def length_stats(d: Path, by: str, N: int, spread_mult: float) -> dict[str, Any]
         "slope": slope, "icpt": icpt, "r2": r2,
         "expo": loglog_fit(Hs, kl_med)[0],
         "r2_sqrt": linear_fit(Hs, np.sqrt(Hs))[2],
-        "tol": spread_mult * float(np.mean(hw)),
+        **dict(zip(("tol", "tol_by"), flatness_tolerance(
+            float(np.mean(hw)), float(np.mean(cov_med)), spread_mult, rel_floor), strict=True)),
         "spread": max(cov_med) - min(cov_med),
         "eval_samples": m, "alpha": alpha,
         "missing": int((~status.isin(["done", "diverged"])).sum()),

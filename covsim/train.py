@@ -64,10 +64,10 @@ class TrainSpec:
     Ns: tuple[float, ...] = (2.0, 4.0, 16.0, 64.0)
     pass_at: tuple[int, ...] = ()  # Pass@N, exact, for tasks with `good_set`
     # "sequence": Σ_h NLL (the paper's objective); "token": its per-token mean; "distill": the
-    # truncated distillation surrogate with budget A = log(distill_N) (Eqs. 35–36, App. G).
+    # truncated distillation surrogate with budget A = log(distill_N) (Eqs. 24–25, §6.2).
     loss: Literal["sequence", "token", "distill"] = "sequence"
     distill_N: float = 16.0
-    # "batch": one optimizer update per batch; "token": one per token position (Eq. 12).
+    # "batch": one optimizer update per batch; "token": one per token position (Eq. 21).
     update: Literal["batch", "token"] = "batch"
     alpha: float = DEFAULT_ALPHA  # coverage intervals are (1 - alpha) Wilson intervals
     # evaluation steps whose parameters are kept (all checkpoints are stacked in the output
@@ -191,7 +191,7 @@ class Trainer:
         return jnp.mean(nll)
 
     def _token_loss(self, params, x: Array, y: Array, h: Array) -> Array:
-        """−mean_b log π̂(y_h | x, y_{<h}): the loss of one token-level update (Eq. 12)."""
+        """−mean_b log π̂(y_h | x, y_{<h}): the loss of one token-level update (Eq. 21)."""
         q_h = self.model(params)(x, y)[:, h]  # (b, V)
         return -jnp.mean(gather_tokens(q_h, y[:, h]))
 
@@ -247,7 +247,7 @@ class Trainer:
         else:
             X, Y, idx = data
             x, y = X[idx[state.step]], Y[idx[state.step]]
-        if s.update == "token":  # H sequential updates, one per position (Eq. 12)
+        if s.update == "token":  # H sequential updates, one per position (Eq. 21)
 
             def tok(carry, h):
                 p, o = carry
@@ -351,7 +351,7 @@ def run_seeds(
     leading seed axis.
 
     "vmap" runs all seeds in one vectorised computation; "loop" runs them one after another
-    with the same compiled function (better when per-step arrays leave the cache; DESIGN.md).
+    with the same compiled function (better when per-step arrays leave the cache).
     Measured on the AR-linear benchmark, 16 seeds: vmap 1.14× faster at H = 8, 1.07× at
     H = 64 (`python benchmarks/bench_train.py --skip-linear --seed-modes`). Both give the same
     numbers up to float32 rounding (tested).
@@ -433,7 +433,8 @@ def to_records(
     coords: dict | None = None,
     seeds: Sequence[int] | None = None,
 ) -> list[dict]:
-    """Flatten a (seed-batched) TrainOutput into metrics.jsonl records (DESIGN.md contract).
+    """Flatten a (seed-batched) TrainOutput into metrics.jsonl records (the contract in
+    covsim.results).
 
     N-keyed mappings (cov, cov_lo, cov_hi, pass_at) keep numeric keys; `covsim.results`
     writes them as text without losing digits."""

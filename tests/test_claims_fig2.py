@@ -16,8 +16,10 @@ from covsim.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TOML = ROOT / "experiments" / "fig2.toml"
-CFG = load_config(TOML, "quick")  # L ∈ {8, 10, 12}, 2 vmapped seeds, 1024 eval samples
-LS = (8, 10, 12)
+CFG = load_config(TOML, "quick")
+LS = tuple(CFG.sweep.axes["task.L"])  # the quick profile's lengths
+SEEDS = len(CFG.sweep.seeds)
+M_EVAL = CFG.train.eval_samples
 
 
 def _cell_fn(kl_of_L, cov_of_L, kl_noise=0.03):
@@ -67,8 +69,8 @@ def _sweep(tmp_path, cfg=CFG, **kw):
     return {"fig2": out}
 
 
-def _linear(L):  # G_{H,2}'s weight 0.05 × (L/2) log 2 nats, plus a little
-    return 0.05 * 0.5 * L * math.log(2) + 0.02
+def _linear(L):  # ∝ L: G_{H,2}'s weight 0.05 × (L/2) log 2 nats, plus 1% of it
+    return 1.01 * 0.05 * 0.5 * L * math.log(2)
 
 
 def _flat(L):
@@ -81,29 +83,43 @@ def test_registered():
     assert c.check is fig2.check and c.figure is fig2.figure
 
 
+def _wilson_hw(p: float, n: int, z: float = 1.959964) -> float:
+    d = 1 + z * z / n
+    return z / d * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+
+
 def test_check_passes_on_linear_kl_and_flat_coverage(tmp_path):
     """The stratified per-class estimate decides (G_{H,2}, G_{H,3} uncovered, G_{H,1} covered:
-    Cov_16 = 0.06 at every L). The mixture eval set's tolerance: the pooled 95% Wilson
-    half-width at p = 0.05 from 2 × 1024 samples is ≈ 0.0094, so 3× it is ≈ 0.028."""
+    Cov_16 = 0.06 at every L). Its flatness tolerance is the larger of 3 combined Wilson
+    half-widths (G_{H,1}'s Cov is 0 of S·m, weighted 0.94; the others 1 of S·m, weighted 0.05
+    and 0.01) and 10% of the mean Cov_16 (0.006)."""
     v = fig2.check(_sweep(tmp_path, kl_of_L=_linear, cov_of_L=_flat))
     assert v.passed, v.line()
     n = v.numbers
-    assert n["H"] == list(LS) and n["seeds"] == [2, 2, 2] and n["eval_samples"] == 1024
-    assert n["kl_slope"] == pytest.approx(0.025 * math.log(2), rel=0.1)
-    assert n["kl_r2"] >= fig2.KL_R2_MIN
+    assert n["H"] == list(LS) and n["seeds"] == [SEEDS] * len(LS) and n["eval_samples"] == M_EVAL
+    assert n["kl_slope"] == pytest.approx(1.01 * 0.025 * math.log(2), rel=0.1)
+    lo, hi = n["kl_exponent_ci"]
+    assert fig2.EXPONENT_RANGE[0] <= lo <= n["kl_loglog_exponent"] <= hi <= fig2.EXPONENT_RANGE[1]
     assert n["estimate"] == "stratified"
-    # G_{H,1}'s Cov is 0 of 2 × 1024: its Wilson half-width 0.00094, weighted by 0.94, × 3
-    assert n["cov16_spread"] <= n["cov16_tolerance"] == pytest.approx(0.0026, abs=0.0002)
-    assert n["mixture_eval_set"]["tol"] == pytest.approx(0.028, abs=0.003)
+    hw = _wilson_hw(0.0, SEEDS * M_EVAL)
+    noise = 3 * math.sqrt((0.94 * hw) ** 2 + (0.05 * hw) ** 2 + (0.01 * hw) ** 2)
+    floor = 0.1 * float(np.mean(n["cov16_median"]))
+    assert n["cov16_tolerance"] == pytest.approx(max(noise, floor), rel=1e-3)
+    assert n["cov16_tolerance_by"] == ("noise" if noise > floor else "floor")
+    assert n["cov16_spread"] <= n["cov16_tolerance"]
     assert max(n["cov16_median"]) <= fig2.LEARNED_COV_MAX
     # the per-class medians reach the verdict, keyed by L
-    assert set(n["per_class"]) == {"8", "10", "12"}
-    pc = n["per_class"]["12"]
+    assert set(n["per_class"]) == {str(L) for L in LS}
+    L = LS[-1]
+    pc = n["per_class"][str(L)]
     assert pc["weights"] == [0.94, 0.05, 0.01]
     assert pc["cov"] == [0.0, 1.0, 1.0]
     # G_{H,2} carries KL − 0.0114 at weight 0.05; the seed noise (3% of KL) moves it ≲ 4%
-    assert pc["kl_token"][1] == pytest.approx((6 * math.log(2) + 0.172) / 14, rel=0.05)
-    assert "per class" in v.statistic and "H=12" in v.statistic
+    want = (_linear(L) - 0.0114) / 0.05 / (L + 2)
+    assert pc["kl_token"][1] == pytest.approx(want, rel=0.05)
+    assert "per class" in v.statistic and f"H={L}" in v.statistic
+    # H = 8 is in the sweep: the class overlap there is stated
+    assert (8 in LS) == ("G_(8,2) and G_(8,3) are the same graphs" in v.note)
 
 
 @pytest.mark.parametrize(
@@ -112,6 +128,10 @@ def test_check_passes_on_linear_kl_and_flat_coverage(tmp_path):
         ({"kl_of_L": _linear, "cov_of_L": lambda L: 0.03 + 0.01 * (L - 8)}, "Cov grows with L"),
         ({"kl_of_L": lambda L: 0.8, "cov_of_L": _flat, "kl_noise": 0.0}, "KL flat in L"),
         ({"kl_of_L": lambda L: 1.2 - 0.05 * L, "cov_of_L": _flat}, "KL falls with L"),
+        ({"kl_of_L": lambda L: 0.1 * math.sqrt(L), "cov_of_L": _flat}, "KL ∝ √L: exponent 0.5"),
+        ({"kl_of_L": lambda L: 0.002 * L**2, "cov_of_L": _flat}, "KL ∝ L²: exponent 2"),
+        ({"kl_of_L": lambda L: 0.78 + 0.0025 * L, "cov_of_L": _flat, "kl_noise": 0.0},
+         "negligible growth over a large offset: exponent ≈ 0.04"),
     ],
 )
 def test_check_fails(tmp_path, kw, why):
@@ -119,23 +139,23 @@ def test_check_fails(tmp_path, kw, why):
     assert not v.passed, why
 
 
+def test_noisy_seeds_widen_the_exponent_interval_until_it_fails(tmp_path):
+    """A linear KL whose seeds scatter by 40%: the point exponent may sit in range, but its
+    bootstrap interval over seeds does not fit inside [0.75, 1.25]: FAIL, not a lucky PASS."""
+    v = fig2.check(_sweep(tmp_path, kl_of_L=_linear, cov_of_L=_flat, kl_noise=0.4))
+    lo, hi = v.numbers["kl_exponent_ci"]
+    assert not v.passed and (lo < fig2.EXPONENT_RANGE[0] or hi > fig2.EXPONENT_RANGE[1])
+
+
 def test_cov_growth_is_what_fails(tmp_path):
-    """Cov_16 ≈ 0.06, 0.12, 0.18: spread 0.12 ≫ the tolerance (< 0.03), while KL is fine:
-    the verdict fails on flatness alone."""
+    """Cov_16 ≈ 0.06 + 0.03 per unit of L: a spread far beyond the tolerance, while KL is
+    fine: the verdict fails on flatness alone."""
     v = fig2.check(_sweep(tmp_path, kl_of_L=_linear, cov_of_L=lambda L: 0.06 + 0.03 * (L - 8)))
     n = v.numbers
     assert not v.passed
     assert n["cov16_spread"] > 2 * n["cov16_tolerance"]
-    assert n["kl_r2"] >= fig2.KL_R2_MIN and n["kl_slope"] > 0
-
-
-def test_check_fails_on_negligible_kl_growth(tmp_path):
-    """KL = 0.80, 0.81, 0.82 nats at L = 8, 12, 16 (exact, no seed noise): increasing with
-    R² = 1, yet 2.5% growth over a doubling of L is not "KL grows ∝ L" (an intercept of 0.78
-    nats carries it): the log-log exponent (0.04) is below fig2.EXPONENT_MIN."""
-    v = fig2.check(_sweep(tmp_path, kl_of_L=lambda L: 0.78 + 0.0025 * L, cov_of_L=_flat,
-                          kl_noise=0.0))
-    assert not v.passed
+    lo, hi = n["kl_exponent_ci"]
+    assert fig2.EXPONENT_RANGE[0] <= lo and hi <= fig2.EXPONENT_RANGE[1]
 
 
 def test_check_fails_when_not_learned(tmp_path):
@@ -145,7 +165,6 @@ def test_check_fails_when_not_learned(tmp_path):
     n = v.numbers
     assert not v.passed
     assert n["cov16_spread"] <= n["cov16_tolerance"]
-    assert n["kl_r2"] >= fig2.KL_R2_MIN
     assert min(n["cov16_median"]) > fig2.LEARNED_COV_MAX
     assert "not learned" in v.note
 
@@ -167,28 +186,26 @@ def test_figure(tmp_path):
 
 @pytest.mark.slow
 def test_quick_profile_end_to_end(tmp_path):
-    """The quick profile on a 2-core CPU (≈ 10 min): the transformer learns the majority
-    class at every H and the stratified KL grows with H; the figure is drawn.
-
-    The verdict itself is FAIL at this budget (measured at 70cbfdd and since: with 2 seeds
-    at H = 8, 10, 12 the stratified Cov_16 medians 0.0669, 0.0600, 0.0614 spread by 0.0069,
-    over the 0.0062 tolerance of 3 pooled Wilson half-widths): the quick profile's flatness
-    check needs the redesign of the issue on verdicts (more seeds, a wider H range, an
-    effect-size floor). Recorded as an expected failure, with the numbers, until then."""
+    """The quick profile on a 2-core CPU: at least 4 seeds and a ×2 range of H; the
+    transformer learns the majority class at every H and the stratified KL grows with H; the
+    figure is drawn. The verdict is recorded whichever it is: a FAIL of the linearity or
+    flatness test at this budget is a finding (an expected failure here, with its numbers),
+    not a test error."""
     from covsim.runners import run_cell
 
+    cfg = load_config(TOML, "quick")
+    assert len(cfg.sweep.seeds) >= 4 and max(LS) >= 2 * min(LS)
     out = tmp_path / "fig2"
-    run_sweep(load_config(TOML, "quick"), run_cell, out, progress=False)
+    run_sweep(cfg, run_cell, out, progress=False)
     dirs = {"fig2": out}
     v = CLAIMS["fig2"].check(dirs)
     n = v.numbers
     assert max(n["cov16_median"]) <= fig2.LEARNED_COV_MAX, v.line()  # the majority is learned
     kl = n["kl_median"]
     assert all(b > a for a, b in zip(kl, kl[1:], strict=False)), v.line()
-    assert n["kl_r2"] >= fig2.KL_R2_MIN and n["kl_loglog_exponent"] >= fig2.EXPONENT_MIN
     assert all(f.is_file() for f in CLAIMS["fig2"].figure(dirs, tmp_path / "fig"))
     if not v.passed:
-        pytest.xfail(f"quick-profile verdict FAIL (known, see docstring): {v.statistic}")
+        pytest.xfail(f"quick-profile verdict FAIL: {v.statistic}")
 
 
 def test_one_cell_per_seed_pools_the_per_class_summaries(tmp_path):
@@ -197,5 +214,4 @@ def test_one_cell_per_seed_pools_the_per_class_summaries(tmp_path):
     cfg = load_config(TOML, "quick", ["sweep.vmap_seeds=false"])
     v = fig2.check(_sweep(tmp_path, cfg=cfg, kl_of_L=_linear, cov_of_L=_flat))
     assert v.passed, v.line()
-    assert v.numbers["estimate"] == "stratified" and v.numbers["seeds"] == [2, 2, 2]
-    assert v.numbers["cov16_tolerance"] == pytest.approx(0.0026, abs=0.0002)
+    assert v.numbers["estimate"] == "stratified" and v.numbers["seeds"] == [SEEDS] * len(LS)

@@ -28,7 +28,7 @@ STEPS = (0, 20, 40, 200)
 M = 4096  # eval_samples of the quick profile (the check reads it from config.toml)
 
 
-def _cell_fn(kl_of_H, cov_of_H, rare_kl_token=2.0, seeds=8):
+def _cell_fn(kl_of_H, cov_of_H, rare_kl_token=2.0, seeds=8, m=M):
     """A sweep cell function writing synthetic training curves: final KL = kl_of_H(H) and
     Cov_16 = cov_of_H(H), each with seed noise of the size a real run has (Cov: the binomial
     s.d. of M eval samples; KL: 3%), plus the runner's per-class summary."""
@@ -40,7 +40,7 @@ def _cell_fn(kl_of_H, cov_of_H, rare_kl_token=2.0, seeds=8):
         for s in range(seeds):
             p = cov_of_H(H)
             kl = kl_of_H(H) * (1 + 0.03 * rng.standard_normal())
-            cov = rng.binomial(M, p) / M
+            cov = rng.binomial(m, p) / m
             kls.append(kl)
             covs.append(cov)
             for step in STEPS:
@@ -61,7 +61,7 @@ def _cell_fn(kl_of_H, cov_of_H, rare_kl_token=2.0, seeds=8):
 
 def _sweep(tmp_path, **kw):
     out = tmp_path / "horizon"
-    cfg = load_config(TOML, "quick", [f"train.eval_samples={M}"])
+    cfg = load_config(TOML, "quick", [f"train.eval_samples={kw.get('m', M)}"])
     manifest = run_sweep(cfg, _cell_fn(**kw), out, progress=False)
     assert all(c["status"] == "done" for c in manifest["cells"])
     return {"horizon": out}
@@ -101,6 +101,24 @@ def test_check_passes_on_linear_kl_and_flat_coverage(tmp_path):
 def test_check_fails(tmp_path, kw, why):
     v = hz.check(_sweep(tmp_path, **kw))
     assert not v.passed, why
+
+
+def test_flatness_has_an_effect_size_floor(tmp_path):
+    """With 10⁷ eval samples the noise bound is ≈ 4e-4: a 3% drift of Cov_16 over H is then
+    accepted by the floor (10% of the mean, 0.005), and said so; a 30% drift is not."""
+    small = lambda H: 0.05 * (1 + 0.0005 * (H - 8))
+    v = hz.check(_sweep(tmp_path / "a", kl_of_H=_linear, cov_of_H=small, m=10**7))
+    assert v.passed and v.numbers["cov16_tolerance_by"] == "floor", v.line()
+    assert v.numbers["cov16_tolerance"] == pytest.approx(
+        hz.COV_REL_FLOOR * np.mean(v.numbers["cov16_median"]))
+    assert "(the floor)" in v.threshold
+    big = lambda H: 0.05 * (1 + 0.005 * (H - 8))
+    assert not hz.check(_sweep(tmp_path / "b", kl_of_H=_linear, cov_of_H=big, m=10**7)).passed
+
+
+def test_flatness_tolerance_is_the_larger_bound():
+    assert stats.flatness_tolerance(0.002, 0.05, 3.0, 0.1) == (pytest.approx(0.006), "noise")
+    assert stats.flatness_tolerance(0.001, 0.05, 3.0, 0.1) == (pytest.approx(0.005), "floor")
 
 
 def test_check_fails_without_results(tmp_path):

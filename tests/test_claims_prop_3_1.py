@@ -28,7 +28,7 @@ def test_bound_is_the_metrics_bound_in_float64_and_tighter_than_the_paper_form()
     assert f1.dtype == np.float64
     np.testing.assert_allclose(f1, np.asarray(metrics.kl_coverage_bound(kl, N)), rtol=1e-6)
     np.testing.assert_array_equal(f1, kl / (np.log(N) - 1 + 1 / N))
-    # F.1 is the tighter form: log N − 1 + 1/N > log(N/e)
+    # D.1 is the tighter form: log N − 1 + 1/N > log(N/e)
     assert np.all(f1 < metrics.kl_coverage_bound_simple(kl, N, xp=np))
     with pytest.raises(ValueError, match="N"):
         metrics.kl_coverage_bound(kl, np.array([1.0, 2.0, 3.0]), xp=np)
@@ -37,7 +37,7 @@ def test_bound_is_the_metrics_bound_in_float64_and_tighter_than_the_paper_form()
 @pytest.mark.parametrize("N", [3.0, 16.0, 1024.0])
 def test_bound_holds_and_is_nearly_tight_on_prop_f2(N):
     """π_D = Ber(p), π̂ = Ber(p/N): Cov_N = p exactly; KL in closed form (float64). The bound
-    must hold, and as p → 0 the ratio bound / Cov_N tends to 1 (Prop. F.2)."""
+    must hold, and as p → 0 the ratio bound / Cov_N tends to 1 (Prop. D.2)."""
     for p in (0.5, 0.1, 1e-3, 1e-6):
         q = p / N
         kl = p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))

@@ -20,7 +20,8 @@ from tiny import TRAINER
 
 from covsim import claims, plots
 from covsim.claims import Claim, Verdict
-from covsim.cli import main, read_report_rows, update_report
+from covsim.cli import main
+from covsim.report import read_report_rows, update_report
 from covsim.results import RUN_FILES, RunResult, read_manifest, read_metrics
 
 TINY = (
@@ -191,7 +192,7 @@ def _toy_claim(name, verdict_passed=True, raises=False):
         plots.band_plot(ax, read_metrics(dirs["tiny"]), "step", "kl")
         return [plots.save(fig, Path(folder) / f"{name}.png", dpi=50)]
 
-    return Claim(name, f"toy {name}", "Toy §0", ("tiny",), check, figure)
+    return Claim(name, f"toy {name}", "Toy §0", "reproduction", ("tiny",), check, figure)
 
 
 @pytest.fixture
@@ -308,7 +309,7 @@ def test_report_rows_are_replaced_not_duplicated(tmp_path):
 
 
 def test_report_notes_after_the_tail_marker_survive(tmp_path):
-    from covsim.cli import REPORT_TAIL
+    from covsim.report import REPORT_TAIL
 
     path = tmp_path / "R.md"
     update_report(path, {"a": "| `a` | 1 |"})

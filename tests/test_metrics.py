@@ -208,7 +208,7 @@ def random_models(rng, count):
             q = rng.dirichlet(np.full(M, 1.0))
         elif kind == 1:
             q = p * np.exp(rng.uniform(0.1, 3.0) * rng.normal(size=M))
-        else:  # Bernoulli-like: mass a on one atom, shrunk by N0 (Prop. F.2 is its 2-point case)
+        else:  # Bernoulli-like: mass a on one atom, shrunk by N0 (Prop. D.2 is its 2-point case)
             p = np.full(M, 1.0)
             a, N0 = rng.uniform(0.01, 0.5), np.exp(rng.uniform(0.2, 6.0))
             p[0] = a * (M - 1) / (1 - a)
@@ -220,7 +220,7 @@ def random_models(rng, count):
 
 
 def test_prop_3_1_and_hellinger_bound_on_random_models():
-    """Prop. F.1 (Cov_N ≤ KL/(log N − 1 + 1/N), N > 1), its simple form (N > e) and Prop. F.4
+    """Prop. D.1 (Cov_N ≤ KL/(log N − 1 + 1/N), N > 1), its simple form (N > e) and Prop. D.4
     (Cov_N ≤ 2N/(√N − 1)² D²_H) on 300 random pairs, all exact. Tolerance 1e-4 (float32 sums)."""
     Ns = jnp.array([1.05, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0, 1e4])
     LP, LQ = random_models(np.random.default_rng(5), 300)
@@ -246,7 +246,7 @@ def test_prop_3_1_and_hellinger_bound_on_random_models():
 
 
 def test_stopped_kl_and_its_bound_on_random_chains():
-    """Prop. F.10: Cov_N ≤ 2/(log N − 1) · D_seq,N for N > e, on 60 random chain pairs, with the
+    """Prop. D.10: Cov_N ≤ 2/(log N − 1) · D_seq,N for N > e, on 60 random chain pairs, with the
     stopped KL computed exactly (every sequence, weights p); D_seq,N ≤ min(log N, KL)."""
     rng = np.random.default_rng(6)
     Ns = jnp.array([3.0, 5.0, 10.0, 100.0])
@@ -284,7 +284,7 @@ def test_token_kl_and_per_position(space):
 
 
 def test_bernoulli_tightness():
-    """Prop. F.2: π_D = Ber(p), π̂ = Ber(p/N) has Cov_N = p exactly, and
+    """Prop. D.2: π_D = Ber(p), π̂ = Ber(p/N) has Cov_N = p exactly, and
     KL/(log N − ½ + 1/(2N)) ≤ p ≤ KL/(log N − 1 + 1/N). The step of N ↦ Cov_N sits at N:
     checked at N(1 ∓ 1e-4), far from the float32 rounding of r (≈ 1e-6) at the tie r = log N."""
     for p in [0.001, 0.01, 0.1, 0.3, 0.5]:

@@ -244,7 +244,7 @@ def test_token_level_sgd_matches_an_explicit_loop(ar_task):
     theta0 = 0.5 * task.theta[::-1]
     for x, y in zip(xs, ys, strict=True):
         th, lps = theta0, []
-        for h in range(task.H):  # Eq. 12 written out
+        for h in range(task.H):  # Eq. 21 written out
             lps.append(float(token_lp(th, x, y, h)))
             th = th + eta * jax.grad(token_lp)(th, x, y, h)
             th = th / max(1.0, float(jnp.linalg.norm(th)) / R)

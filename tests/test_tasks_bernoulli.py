@@ -61,7 +61,7 @@ def test_closed_forms_match_enumeration(p, q):
 @pytest.mark.parametrize("p", [0.01, 0.1, 0.3, 0.5])
 @pytest.mark.parametrize("N", [2, 3, 10, 16, 1000])
 def test_prop_f2_tightness(p, N):
-    # notes Prop F.2: π_D = Ber(p), π̂ = Ber(p/N), p ≤ ½: Cov_N = p ≥ KL/(log N − ½ + 1/(2N))
+    # Prop. D.2: π_D = Ber(p), π̂ = Ber(p/N), p ≤ ½: Cov_N = p ≥ KL/(log N − ½ + 1/(2N))
     kl = float(bernoulli_kl(p, p / N))
     assert float(bernoulli_cov(p, p / N, N)) == p
     assert p >= kl / (math.log(N) - 0.5 + 1 / (2 * N))

@@ -42,14 +42,30 @@ class Verdict:
         return f"{tag} {self.claim}: {self.statistic} (threshold: {self.threshold}){note}"
 
 
+#: What a verdict is evidence of (docs/claims.md):
+#:   reproduction    a figure or experiment of the paper, redone
+#:   theorem shape   an upper bound with unknown constants, tested by its shape (slopes,
+#:                   orderings, flatness, one fitted constant)
+#:   identity check  an inequality true for every pair of distributions, or a closed form:
+#:                   PASS validates covsim's code, not the paper
+#:   erratum         a statement whose printed form does not follow; the corrected one is tested
+KINDS = ("reproduction", "theorem shape", "identity check", "erratum")
+
+
 @dataclasses.dataclass(frozen=True)
 class Claim:
     name: str  # CLI name, e.g. "horizon"
     title: str  # one line, e.g. "Sequence KL grows with H; Cov_N does not"
-    paper_ref: str  # e.g. "Fig. 2; Prop. 3.2 (notes §3.2, §5.3)"
+    paper_ref: str  # arXiv 2510.15020v2 numbering, e.g. "Fig. 2; Prop. 3.2 (App. G)"
+    kind: str  # one of KINDS
     experiments: tuple[str, ...]  # experiment names = experiments/<name>.toml
     check: Callable[[Dirs], Verdict]
     figure: Callable[[Dirs, Path], list[Path]]  # draws into a folder, returns files written
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"claim {self.name!r}: kind must be one of {list(KINDS)}, "
+                             f"got {self.kind!r}")
 
 
 CLAIMS: dict[str, Claim] = {}

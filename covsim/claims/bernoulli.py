@@ -1,4 +1,4 @@
-"""Claim "bernoulli" (the Bernoulli missing-mass case study; notes §3.2, §9): the MLE's KL has
+"""Claim "bernoulli" (arXiv 2510.15020v2, §3: the Bernoulli missing-mass example): the MLE's KL has
 infinite mean at every n, yet w.p. ≥ 1 − δ its coverage is Cov_N ≲ log(1/δ)/n for all N ≥ 2.
 
 Setting: Π = {Ber(p)}, p ∈ (0, ½) (the MLE is taken over the closure [0, ½]: p̂ = min(k/n, ½),
@@ -245,7 +245,8 @@ register(
         name="bernoulli",
         title="Bernoulli missing mass: E[KL] = ∞ at every n, yet the (1−δ)-quantile of Cov_N "
         "is ≤ C·log(1/δ)/n (C = 2/(1 − ln 2))",
-        paper_ref="§3 Bernoulli case study (notes §3.2, §9)",
+        paper_ref="arXiv 2510.15020v2, §3 (Bernoulli missing-mass example)",
+        kind="identity check",
         experiments=("bernoulli",),
         check=check,
         figure=figure,

@@ -1,22 +1,21 @@
-"""Claim "fig1" (the paper's Figure 1; notes §5.2): during fine-tuning, the coverage profile
-predicts Pass@N better than KL does, and the tournament over checkpoints picks a model with
-Pass@N at least that of the minimum-KL checkpoint.
+"""Claim "fig1" (arXiv 2510.15020v2, Fig. 1; setup in App. C): during fine-tuning, the
+coverage profile predicts Pass@N better than KL does, and the tournament over checkpoints
+picks a model with Pass@N at least that of the minimum-KL checkpoint.
 
 Setup (experiments/fig1.toml, runner "train" with a [pretrain] stage): L = 8 layered graphs
 with two branching layers. Pre-training on Fig. 1's pre-training mixture (G₁, G₂, G₃ with 1/3
 each, fixed dataset), then fine-tuning online on G₁/G₂ = 0.9/0.1, whose class shows only
 through a hidden parity feature of the prompt. Every fine-tuning checkpoint is scored against
-π_D (KL, Cov_N, exact Pass@N: the mass on π_D's path, notes §7.3) and gives log π̂ of held-out
-π_D samples (select_logq.npy), on which `covsim.select.tournament` runs, as the paper does,
-without access to π_D's density.
+π_D (KL, Cov_N, exact Pass@N: the mass on π_D's path; the paper does not say how it
+measured it) and gives log π̂ of held-out π_D samples (select_logq.npy), on which
+`covsim.select.tournament` runs, as the paper does, without access to π_D's density.
 
 Checks, per seed, over the fine-tuning checkpoints (the pre-trained model is checkpoint 0):
 * strength of the rank correlation: s_cov(N) = −Spearman(Pass@N, Cov_{N/2}) and s_kl(N) =
   −Spearman(Pass@N, KL) (positive = a lower value predicts a higher Pass@N; 0 when one side
-  is constant). Median over
-  seeds; the claim needs s_cov > s_kl for the larger N (8 and 12).
-* selection: Pass@N of the tournament's pick (at threshold N/2; the paper does not say which
-  N it used, notes §7.3) minus Pass@N of the min-KL pick; the claim needs its median over
+  is constant). Median over seeds; the claim needs s_cov > s_kl for the larger N (8 and 12).
+* selection: Pass@N of the tournament's pick (at threshold N/2; the paper does not state
+  which N it used) minus Pass@N of the min-KL pick; the claim needs its median over
   seeds ≥ 0 for every N.
 """
 
@@ -37,7 +36,7 @@ from covsim.stats import spearman
 NAME = "fig1"
 PASS_NS = (4, 8, 12)
 LARGER_NS = (8, 12)
-#: The paper's left-panel thresholds (notes §5.2: Cov2.0, 3.0, 4.0, 4.6, 5.7).
+#: The paper's left-panel thresholds (Fig. 1, left: Cov2.0, 3.0, 4.0, 4.6, 5.7).
 PROFILE_NS = (2.0, 3.0, 4.0, 4.6, 5.7)
 BAND = (1 / 16, 15 / 16)
 SELECT_FILE = "select_logq.npy"
@@ -220,7 +219,8 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
 register(Claim(
     name=NAME,
     title="Graph task (Fig. 1): Cov_N predicts Pass@N better than KL; tournament ≥ min-KL pick",
-    paper_ref="Fig. 1 (notes §5.2); tournament Eq. 14 ICLR / 29 arXiv",
+    paper_ref="arXiv 2510.15020v2, Fig. 1 (App. C); simple tournament Eq. 29 (§6.3)",
+    kind="reproduction",
     experiments=(NAME,),
     check=check,
     figure=figure,

@@ -1,6 +1,6 @@
-"""Claim "fig2" (the paper's Figure 2; notes §5.3): on the layered-graph path-finding mixture
-G_H, a transformer's sequence KL at the end of training grows with the number H of
-intermediate layers (linearly in the paper), while Cov_16 does not depend on H.
+"""Claim "fig2" (arXiv 2510.15020v2, Fig. 2; setup in App. C): on the layered-graph
+path-finding mixture G_H, a transformer's sequence KL at the end of training grows with the
+number H of intermediate layers (linearly in the paper), while Cov_16 does not depend on H.
 
 Ground truth (experiments/fig2.toml, covsim.tasks.graph.figure2_task): the mixture µ̃ =
 (0.94, 0.05, 0.01) of G_{H,1} (one valid path), G_{H,2} (H/2 branching layers, π_D follows a
@@ -9,11 +9,19 @@ over the 16 valid paths). The sweep axis is `task.L`, the paper's H (the code's 
 response length L + 2). Learner: GPT-2-style transformer, Adam, fixed dataset (runner "train";
 its summary holds each class's final KL and Cov_16, "per_class").
 
-Why the claim should hold (notes §5.3, [DERIVED]): a model that learns G_{H,1} and G_{H,3}
-but not G_{H,2}'s rule puts at most ≈ 2^{−H/2} on G_{H,2}'s path, so π_D/π̂ ≥ 2^{H/2} ≥ 16
-there: Cov_16 ≈ 0.05 at every H ≥ 8, while G_{H,2}'s KL grows ∝ H. The check also demands
-that the majority class be learned (Cov_16 ≤ LEARNED_COV_MAX at every H): an untrained model
-has Cov_16 = 1 at every H, flat for a trivial reason.
+Why the claim should hold (our derivation, not the paper's): a model that learns G_{H,1} but
+not G_{H,2}'s rule (nor G_{H,3}: the paper expects neither to be learned) puts at most
+≈ 2^{−H/2} on G_{H,2}'s path, so π_D/π̂ ≥ 2^{H/2} ≥ 16 there: Cov_16 ≈ 0.05–0.06 at every
+H ≥ 8, while G_{H,2}'s KL grows ∝ H. The check also demands that the majority class be learned
+(Cov_16 ≤ LEARNED_COV_MAX at every H): an untrained model has Cov_16 = 1 at every H, flat for
+a trivial reason.
+
+A deviation from the paper at H = 8: G_{8,2} and G_{8,3} are the same graphs (4 branching
+layers with one even and one odd node each), so the classes are not identifiable from the
+prompt. π_D then mixes the two rules through the class posterior (on a G_{8,2} prompt the rule
+path has π_D ≈ 0.988), and a model uniform over the 16 valid paths has ratio 15.8 < 16 there:
+covered at N = 16 at H = 8, not at larger H. The verdict reports G_{8,2}'s Cov_16 when H = 8
+is in the sweep.
 
 Estimates: the paper evaluates each class on its own validation set and averages with µ̃.
 The runner's per-class summary does that for the final checkpoint, and the check uses it:
@@ -34,8 +42,11 @@ from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
 from covsim.results import read_metrics
 from covsim.stats import (
+    finals,
+    flatness_tolerance,
     length_stats,
     linear_fit,
+    log_log_slopes,
     loglog_fit,
     per_class_arrays,
     per_class_medians,
@@ -45,23 +56,40 @@ from covsim.stats import (
 NAME = "fig2"
 L_COL = "task.L"
 N_COV = 16
-#: "Grows with H": increasing medians, a linear fit with R² ≥ 0.9, and a log-log exponent
-#: ≥ 0.5, i.e. growth of the order of H, not a sliver over a large offset (a line fits 0.80,
-#: 0.81, 0.82 too; its exponent, 0.04, does not pass). Three nearby lengths cannot tell ∝ H
-#: from faster growth (the longer H, the later a finite run converges), so the exponent has
-#: no upper bound; it is reported.
-KL_R2_MIN = 0.9
-EXPONENT_MIN = 0.5
+#: "Grows linearly with H": increasing medians, and the log-log exponent of the final KL's
+#: medians in H together with its 95% bootstrap interval over seeds inside [0.75, 1.25]. √H
+#: (exponent 0.5) and H² (2) are outside; a line with an offset, a + bH, has exponent
+#: bH/(a + bH) < 1, ≥ 0.75 while the offset is at most a third of the growing part. The
+#: linear fit's R² is reported, not tested (on three lengths it accepts an exponent of 1.4).
+EXPONENT_RANGE = (0.75, 1.25)
+BOOT = 2000  # bootstrap resamples of the seeds (each H resampled on its own: separate runs)
 #: Learned: the final Cov_16 median ≤ 0.5 at every H, i.e. most of the 0.94 majority covered.
 LEARNED_COV_MAX = 0.5
 CLASSES = ("G_H1 unique", "G_H2 parity", "G_H3 uniform")
 #: Flatness, as in the horizon claim: the median of S runs has s.d. ≈ 0.64 × the pooled 95%
-#: Wilson half-width; the range of 3–4 normal draws exceeds 4.4 s.d. w.p. ≈ 1%: 4.4 · 0.64 ≈ 3.
+#: Wilson half-width; the range of 3–4 normal draws exceeds 4.4 s.d. w.p. ≈ 1%: 4.4 · 0.64 ≈ 3;
+#: or 10% of the mean Cov_16, whichever is larger (an effect-size floor: more samples must
+#: not turn a negligible change into a FAIL).
 COV_SPREAD_MULT = 3.0
+COV_REL_FLOOR = 0.10
+
+
+def exponent_interval(Hs: list[int], per_seed: list[np.ndarray]) -> tuple[float, float, float]:
+    """Log-log exponent of the per-H medians of `per_seed[i]` (the final KL of H = Hs[i]'s
+    seeds) and its 95% percentile-bootstrap interval, seeds resampled within each H."""
+    med = np.array([np.nanmedian(v) for v in per_seed])
+    expo = loglog_fit(Hs, med)[0]
+    rng = np.random.default_rng(0)
+    boot = np.stack([np.nanmedian(v[rng.integers(0, len(v), (BOOT, len(v)))], axis=1)
+                     for v in per_seed], axis=1)  # (BOOT, len(Hs))
+    ok = np.all(boot > 0, axis=1)
+    slopes = log_log_slopes(Hs, boot[ok]) if ok.any() else np.array([math.nan])
+    lo, hi = np.percentile(slopes, [2.5, 97.5])
+    return float(expo), float(lo), float(hi)
 
 
 def stratified_finals(d: Path, Hs: list[int], m: int, alpha: float) -> dict | None:
-    """The paper's evaluation (notes §5.3): per-class validation sets of m samples each,
+    """The paper's evaluation (App. C): per-class validation sets of m samples each,
     averaged with the weights µ̃. From the runner's per-class summary (final checkpoint): per
     H the median over seeds of Σ_c µ̃_c KL_c and of Σ_c µ̃_c Cov_c; the KL fit; the Cov spread
     and its tolerance COV_SPREAD_MULT × √(Σ_c µ̃_c² hw_c²), hw_c the Wilson half-width of
@@ -70,31 +98,42 @@ def stratified_finals(d: Path, Hs: list[int], m: int, alpha: float) -> dict | No
     if not Hs or any(h not in arr or arr[h]["kl"] is None or arr[h]["cov"] is None
                      for h in Hs):
         return None
-    kl, cov, hw = [], [], []
+    kl, cov, hw, kl_seeds = [], [], [], []
     for h in Hs:
         w, K, C = arr[h]["weights"], arr[h]["kl"], arr[h]["cov"]  # (K,), (K, S), (K, S)
+        kl_seeds.append(w @ K)
         kl.append(float(np.nanmedian(w @ K)))
         cov.append(float(np.nanmedian(w @ C)))
         S = C.shape[1]
         hw_c = [wilson_half_width(float(np.nanmean(c)), S * m, alpha) for c in C]
         hw.append(math.sqrt(sum((wc * x) ** 2 for wc, x in zip(w, hw_c, strict=True))))
     slope, icpt, r2 = linear_fit(Hs, kl)
+    tol, tol_by = flatness_tolerance(float(np.mean(hw)), float(np.mean(cov)),
+                                     COV_SPREAD_MULT, COV_REL_FLOOR)
     return {"kl_med": kl, "cov_med": cov, "slope": slope, "icpt": icpt, "r2": r2,
-            "expo": loglog_fit(Hs, kl)[0], "spread": max(cov) - min(cov),
-            "tol": COV_SPREAD_MULT * float(np.mean(hw))}
+            "expo_ci": exponent_interval(Hs, kl_seeds), "spread": max(cov) - min(cov),
+            "tol": tol, "tol_by": tol_by}
+
+
+def _mixture_exponent(d: Path, Hs: list[int]) -> tuple[float, float, float]:
+    fin = finals(read_metrics(d), L_COL)
+    return exponent_interval(Hs, [fin.loc[fin[L_COL] == h, "kl"].to_numpy(float) for h in Hs])
 
 
 def check(dirs: Dirs) -> Verdict:
     d = Path(dirs[NAME])
-    mix = length_stats(d, L_COL, N_COV, COV_SPREAD_MULT)
+    mix = length_stats(d, L_COL, N_COV, COV_SPREAD_MULT, COV_REL_FLOOR)
     if mix is None:
         return Verdict(NAME, False, "no results on disk", "results for every H", note=str(d))
     Hs, seeds = mix["H"], mix["seeds"]
+    mix["expo_ci"] = _mixture_exponent(d, Hs)
     strat = stratified_finals(d, Hs, mix["eval_samples"], mix["alpha"])
     st = strat or mix  # the paper's stratified estimate where the runner wrote it
     kl, cov = st["kl_med"], st["cov_med"]
     increasing = all(b > a for a, b in zip(kl, kl[1:], strict=False))
-    kl_ok = len(Hs) >= 3 and increasing and st["r2"] >= KL_R2_MIN and st["expo"] >= EXPONENT_MIN
+    lo_ok, hi_ok = EXPONENT_RANGE
+    expo, e_lo, e_hi = st["expo_ci"]
+    kl_ok = len(Hs) >= 3 and increasing and lo_ok <= e_lo and e_hi <= hi_ok
     cov_ok = len(Hs) >= 3 and st["spread"] <= st["tol"]
     learned = bool(max(cov) <= LEARNED_COV_MAX)
     passed = bool(kl_ok and cov_ok and learned and mix["missing"] == 0)
@@ -102,10 +141,12 @@ def check(dirs: Dirs) -> Verdict:
     fmt = lambda xs, f: ", ".join(f"{x:{f}}" for x in xs)
 
     def stats(x: dict) -> str:
-        return (f"final KL = {fmt(x['kl_med'], '.2f')} at H = {fmt(Hs, 'd')}: KL ≈ "
-                f"{x['slope']:.3f}·H {x['icpt']:+.2f} (R² {x['r2']:.3f}, log-log exponent "
-                f"{x['expo']:.2f}); Cov_{N_COV} = {fmt(x['cov_med'], '.4f')} (spread "
-                f"{x['spread']:.4f}, tolerance {x['tol']:.4f})")
+        e, e_lo, e_hi = x["expo_ci"]
+        return (f"final KL = {fmt(x['kl_med'], '.2f')} at H = {fmt(Hs, 'd')}: KL ∝ H^{e:.2f} "
+                f"(95% bootstrap {e_lo:.2f}–{e_hi:.2f}; linear fit {x['slope']:.3f}·H "
+                f"{x['icpt']:+.2f}, R² {x['r2']:.3f}); Cov_{N_COV} = "
+                f"{fmt(x['cov_med'], '.4f')} (spread {x['spread']:.4f}, tolerance "
+                f"{x['tol']:.4f}, {x['tol_by']})")
 
     m = mix["eval_samples"]
     if strat is not None:
@@ -120,13 +161,20 @@ def check(dirs: Dirs) -> Verdict:
     if parts:
         statistic += f"; per class {CLASSES}: " + "; ".join(parts)
     threshold = (
-        f"{'stratified ' if strat else ''}KL increasing in H with R² ≥ {KL_R2_MIN} and "
-        f"log-log exponent ≥ {EXPONENT_MIN}; Cov_{N_COV} spread ≤ {COV_SPREAD_MULT:g} × "
-        f"{1 - mix['alpha']:.0%} Wilson half-width = {st['tol']:.4f}; learned: "
-        f"Cov_{N_COV} ≤ {LEARNED_COV_MAX} at every H"
+        f"{'stratified ' if strat else ''}KL increasing in H, its log-log exponent and 95% "
+        f"bootstrap interval over seeds inside [{lo_ok}, {hi_ok}]; Cov_{N_COV} spread ≤ "
+        f"max({COV_SPREAD_MULT:g} × {1 - mix['alpha']:.0%} Wilson half-width, "
+        f"{COV_REL_FLOOR:.0%} of mean Cov_{N_COV}) = {st['tol']:.4f} ({st['tol_by']} bound); "
+        f"learned: Cov_{N_COV} ≤ {LEARNED_COV_MAX} at every H"
     )
     span = f"{min(seeds)}" if min(seeds) == max(seeds) else f"{min(seeds)}–{max(seeds)}"
     notes = [f"median over {span} seeds"]
+    if 8 in Hs:
+        pc8 = per_class_medians(d, L_COL, N_COV).get(8, {}).get("cov")
+        c82 = f" (measured Cov_{N_COV} of G_(8,2): {pc8[1]:.2f})" if pc8 else ""
+        notes.append(f"at H = 8 the classes G_(8,2) and G_(8,3) are the same graphs, not "
+                     f"identifiable: a model uniform over the 16 valid paths is covered at "
+                     f"N = 16 on G_(8,2) (ratio 15.8) but not at larger H{c82}")
     if mix["missing"]:
         notes.append(f"{mix['missing']} cell(s) without results")
     if not learned:
@@ -136,10 +184,11 @@ def check(dirs: Dirs) -> Verdict:
         "H": Hs, "seeds": seeds, "eval_samples": m,
         "estimate": "stratified" if strat else "mixture",
         "kl_median": kl, "kl_slope": st["slope"], "kl_intercept": st["icpt"],
-        "kl_r2": st["r2"], "kl_loglog_exponent": st["expo"], f"cov{N_COV}_median": cov,
-        f"cov{N_COV}_spread": st["spread"], f"cov{N_COV}_tolerance": st["tol"],
-        "mixture_eval_set": {k: mix[k] for k in ("kl_med", "cov_med", "r2", "expo", "spread",
-                                                 "tol")},
+        "kl_r2": st["r2"], "kl_loglog_exponent": expo, "kl_exponent_ci": [e_lo, e_hi],
+        f"cov{N_COV}_median": cov, f"cov{N_COV}_spread": st["spread"],
+        f"cov{N_COV}_tolerance": st["tol"], f"cov{N_COV}_tolerance_by": st["tol_by"],
+        "mixture_eval_set": {k: mix[k] for k in ("kl_med", "cov_med", "r2", "expo_ci",
+                                                 "spread", "tol")},
         "per_class": {str(h): pc[h] for h in Hs if h in pc},
     }
     return Verdict(NAME, passed, statistic, threshold, numbers, "; ".join(notes))
@@ -155,7 +204,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
         "unique path / 0.05 global-parity rule / 0.01 uniform over 16 paths)",
         fit_label="mixture eval set: final KL",
     )
-    mix = length_stats(d, L_COL, N_COV, COV_SPREAD_MULT)
+    mix = length_stats(d, L_COL, N_COV, COV_SPREAD_MULT, COV_REL_FLOOR)
     strat = mix and stratified_finals(d, mix["H"], mix["eval_samples"], mix["alpha"])
     if strat:
         last = int(read_metrics(d)["step"].max())
@@ -173,7 +222,8 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
 register(Claim(
     name=NAME,
     title="Graph task (Fig. 2): sequence KL grows with H, Cov_16 does not",
-    paper_ref="Fig. 2 (notes §5.3)",
+    paper_ref="arXiv 2510.15020v2, Fig. 2 (App. C)",
+    kind="reproduction",
     experiments=(NAME,),
     check=check,
     figure=figure,

@@ -1,6 +1,7 @@
-"""Claim prop_3_1 — Prop. 3.1 (notes §3.2): Cov_N ≤ KL / log(N/e) for every N > e.
+"""Claim prop_3_1 — arXiv 2510.15020v2, Prop. 3.1 (exact form Prop. D.1): Cov_N ≤ KL / log(N/e)
+for every N > e. Kind: identity check (true for every pair of distributions).
 
-Checked in its exact, tighter form (Prop. F.1), Cov_N ≤ KL / (log N − 1 + 1/N), which implies
+Checked in its exact, tighter form (Prop. D.1), Cov_N ≤ KL / (log N − 1 + 1/N), which implies
 the paper's statement, on every checkpoint of every training run of experiments/prop_3_1.toml
 and every N > e of the grid.
 
@@ -32,7 +33,7 @@ KL_SES = 3.0  # KL is raised by this many standard errors before the bound is ev
 
 
 def bound_f1(kl, N):
-    """Prop. F.1: KL / (log N − 1 + 1/N) in float64 (`metrics.kl_coverage_bound`; N > 1)."""
+    """Prop. D.1: KL / (log N − 1 + 1/N) in float64 (`metrics.kl_coverage_bound`; N > 1)."""
     return M.kl_coverage_bound(kl, N, xp=np)
 
 
@@ -101,7 +102,7 @@ def check(dirs: Dirs) -> Verdict:
     )
     thr = (
         f"0 pairs with Wilson lower Cov_N (level {1 - alpha:g}) > KL_{{+{KL_SES:g}se}} / "
-        "(log N − 1 + 1/N) (Prop. F.1, implies KL/log(N/e)), N > e; ≥ 1 non-vacuous pair"
+        "(log N − 1 + 1/N) (Prop. D.1, implies KL/log(N/e)), N > e; ≥ 1 non-vacuous pair"
     )
     notes = []
     if point_viol:
@@ -163,7 +164,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
         )
         mins = r.groupby("N")["ratio"].min()
         a2.plot(mins.index, mins.to_numpy(), "k.", ms=6, label="minimum (tightest)")
-    a2.axhline(1.0, color="0.25", ls="--", lw=1.5, label="tight (Prop. F.2)")
+    a2.axhline(1.0, color="0.25", ls="--", lw=1.5, label="tight (Prop. D.2)")
     a2.set_xscale("log")
     a2.set_yscale("log")
     a2.set_xlabel("threshold N")
@@ -172,7 +173,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     a2.legend(fontsize=7, loc="upper right")
     a2.grid(alpha=0.3)
     fig.suptitle(
-        f"Prop. 3.1 / F.1: Cov_N ≤ KL/(log N − 1 + 1/N) — {len(p)} (checkpoint, N) pairs, "
+        f"Prop. 3.1 / D.1: Cov_N ≤ KL/(log N − 1 + 1/N) — {len(p)} (checkpoint, N) pairs, "
         f"{int(p['violation'].sum())} violations",
         fontsize=10,
     )
@@ -183,7 +184,8 @@ register(
     Claim(
         name=NAME,
         title="KL bounds coverage: Cov_N ≤ KL / log(N/e) on every checkpoint",
-        paper_ref="Prop. 3.1; exact form Prop. F.1 (notes §3.2)",
+        paper_ref="arXiv 2510.15020v2, Prop. 3.1; exact form Prop. D.1 (App. D)",
+        kind="identity check",
         experiments=(EXPERIMENT,),
         check=check,
         figure=figure,

@@ -1,4 +1,4 @@
-"""Claim "sample_size" (Thm 4.1, Cor 4.2, Thm 4.2; notes §3.3, §3.7): the exact MLE's Cov_N
+"""Claim "sample_size" (arXiv 2510.15020v2, Thm. 4.1, Cor. 4.2, Thm. 4.2): the exact MLE's Cov_N
 falls like 1/n, is nearly N-free in the coarse regime, and does not grow with H while KL does.
 
 The instance is `covsim.tasks.paper.rare_prompts_task` (its docstring derives the design): an
@@ -231,7 +231,8 @@ register(
         name="sample_size",
         title="Exact MLE: Cov_N ≍ d/n (coarse term), weak in N, flat in H at fixed σ⋆² while "
         "KL grows",
-        paper_ref="Thm 4.1, Cor 4.2, Thm 4.2 (notes §3.3, §3.7)",
+        paper_ref="arXiv 2510.15020v2, Thm. 4.1, Cor. 4.2, Thm. 4.2",
+        kind="theorem shape",
         experiments=("sample_size",),
         check=check,
         figure=figure,

@@ -1,5 +1,6 @@
-"""Claim "variance" (Thm 4.2; notes §2.7, §3.3): at fixed H and n, the MLE's Cov_N grows with
-the inherent variance σ⋆² — the "effective sequence length" that replaces H in the bound
+"""Claim "variance" (arXiv 2510.15020v2, Thm. 4.2; σ⋆² of Eq. 8): at fixed H and n, the MLE's
+Cov_N grows with the inherent variance σ⋆² — the "effective sequence length" that replaces H
+in the bound
 
     E[Cov_N(π̂)] ≲ √(σ⋆² / (n log N)) + B²/n.
 
@@ -155,7 +156,8 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
 register(Claim(
     name=NAME,
     title="Cov_N grows with the inherent variance σ⋆² at fixed H",
-    paper_ref="Thm 4.2; σ⋆² (notes §2.7, §3.3)",
+    paper_ref="arXiv 2510.15020v2, Thm. 4.2; σ⋆² of Eq. 8",
+    kind="theorem shape",
     experiments=(NAME,),
     check=check,
     figure=figure,

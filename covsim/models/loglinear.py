@@ -1,6 +1,6 @@
 """The well-specified learner: an autoregressive linear model with the task's own features.
 
-    π_θ(y_h | x, y_{<h}) ∝ exp⟨θ, ϕ(x, y_{<h}, y_h)⟩,   θ ∈ Θ = {‖θ‖ ≤ radius}   (notes §1)
+    π_θ(y_h | x, y_{<h}) ∝ exp⟨θ, ϕ(x, y_{<h}, y_h)⟩,   θ ∈ Θ = {‖θ‖ ≤ radius}   (§2)
 
 The only trainable array is θ (d,). The task (which owns ϕ) is stored as an untrained data
 attribute, so it travels in the non-Param part of `nnx.split` and comes back with `nnx.merge`.

@@ -1,4 +1,4 @@
-"""GPT-2-style causal decoder (notes §5.1: causal, absolute positions, GeLU, pre-LayerNorm).
+"""GPT-2-style causal decoder (App. C: causal, absolute positions, GeLU, pre-LayerNorm).
 
 Input sequence of length T = P + H:
 

@@ -141,6 +141,23 @@ def run_sample_size(cfg: Config, cell: Cell) -> RunResult:
 
 # ---- prop_3_2_mle ----------------------------------------------------------------------------
 
+#: quadrature grid of the posterior mean on Θ = [−1, 1] (symmetric: the mean of a flat
+#: posterior is 0 to rounding, and is set to exactly 0)
+_THETA_GRID = np.linspace(-1.0, 1.0, 4001)
+
+
+def prop_3_2_posterior_mean(s: int, T: int) -> float:
+    """E[θ | data] under a uniform prior on Θ = [−1, 1] for the prop_3_2 instance: the rare
+    prompt's T tokens hold s values +1, each +1 w.p. σ(2θ) (float64 quadrature; 0 if T = 0)."""
+    if T == 0:
+        return 0.0
+    g = _THETA_GRID
+    ll = -s * np.logaddexp(0.0, -2 * g) - (T - s) * np.logaddexp(0.0, 2 * g)
+    w = np.exp(ll - ll.max())
+    w[[0, -1]] /= 2  # the trapezoid rule: O(h²) on the smooth posterior
+    return float(np.sum(w * g) / np.sum(w))
+
+
 
 @register_runner("prop_3_2_mle", dataclasses.replace(EXACT, task_keys=("H_grid",)))
 def run_prop_3_2(cfg: Config, cell: Cell) -> RunResult:
@@ -171,10 +188,19 @@ def run_prop_3_2(cfg: Config, cell: Cell) -> RunResult:
     records = []
     for seed in cell.seeds:
         x, y = big.sample(jax.random.key(cell.rng_seed(seed)), n)
-        m1 = int(np.sum(np.asarray(x[:, 0]) == 1))
+        rare = np.asarray(x[:, 0]) == 1
+        m1 = int(np.sum(rare))
         for H in Hs:
             th, info = fit_padded_mle(tasks[H], x, y[:, :H], H_pad=Hs[-1])
             kl, cov = iid_token_scores(tasks[H], th, Ns)
+            s = int(np.sum(np.asarray(y[:, :H])[rare]))  # tokens +1 on the rare prompt
+            post = prop_3_2_posterior_mean(s, m1 * H)
+            # the other proper estimators: the MLE with another tie-break on the unseen
+            # prompt (the same estimate when it was seen), and the posterior mean
+            others = {"tie_plus": float(th[0]) if m1 else 1.0,
+                      "tie_minus": float(th[0]) if m1 else -1.0, "posterior_mean": post}
+            extra = {f"kl_{k}": iid_token_scores(tasks[H], np.array([v]), Ns)[0]
+                     for k, v in others.items()}
             records.append(
                 {
                     "step": 0,
@@ -184,9 +210,11 @@ def run_prop_3_2(cfg: Config, cell: Cell) -> RunResult:
                     "theta_star": theta,
                     "theta_hat": float(th[0]),
                     "m1": m1,  # how many training sequences have the rare prompt
-                    "kl": kl,
+                    "kl": kl,  # the MLE, θ̂ = 0 when the rare prompt is unseen
+                    **extra,
+                    "theta_hat_posterior_mean": post,
                     "cov": dict(zip(Ns, cov.tolist(), strict=True)),
-                    "kl_paper": prop_3_2_kl_lower_bound(n, H),  # H/(4n)
+                    "kl_paper": prop_3_2_kl_lower_bound(n, H),  # H/(4n), as printed
                     "kl_unseen": kl_unseen[H],
                     "mu1": 1.0 / (2 * n),
                     "converged": bool(info["converged"]),

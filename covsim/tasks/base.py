@@ -34,7 +34,8 @@ MAX_ENUMERATE = 1 << 20
 def inverse_cdf(u: Array, cdf: Array) -> Array:
     """Categorical sample by inverse CDF: u (...,) uniform in [0, 1), cdf (..., V) -> (...,) int32.
 
-    ~18× faster than `jax.random.categorical` inside `lax.scan` on CPU (DESIGN.md). Category j
+    ~18× faster than `jax.random.categorical` inside `lax.scan` on CPU (benchmarks/bench_markov.py).
+    Category j
     is chosen iff cdf[j-1] < u ≤ cdf[j]: with u in (0, 1] (`open_uniform`) and a cdf whose last
     plateau is exactly 1 (`exact_cdf`) a zero-probability category is never chosen.
     """

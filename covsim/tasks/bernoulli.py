@@ -1,8 +1,8 @@
-"""The missing-mass case study (notes §3.2): H i.i.d. Ber(p) tokens, no prompt.
+"""The missing-mass case study (§3): H i.i.d. Ber(p) tokens, no prompt.
 
 `Bernoulli(p, H)` is the ground truth; `bernoulli_mle`, `bernoulli_kl` and `bernoulli_cov`
 are the case study's analytics in closed form (float64, NumPy), so that metrics computed
-from log-prob arrays can be tested against exact values, e.g. notes Prop F.2:
+from log-prob arrays can be tested against exact values, e.g. Prop. D.2:
 π_D = Ber(p), π̂ = Ber(p/N), p ≤ ½  ⇒  Cov_N(π_D ‖ π̂) = p.
 """
 
@@ -19,7 +19,7 @@ from flax import struct
 from covsim.checks import check_float, check_int, is_concrete
 from covsim.tasks.base import Array, Task, exact_cdf, open_uniform
 
-#: Log-ratio ties within this many nats count as ≥ log N: Prop F.2 sits exactly on the
+#: Log-ratio ties within this many nats count as ≥ log N: Prop. D.2 sits exactly on the
 #: boundary π_D/π̂ = N, which float64 rounding would otherwise decide at random.
 TIE_ATOL = 1e-9
 

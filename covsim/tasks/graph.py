@@ -1,4 +1,4 @@
-"""Path finding on layered DAGs (notes §5): the ground truths of the paper's Figures 1 and 2.
+"""Path finding on layered DAGs (App. C): the ground truths of the paper's Figures 1 and 2.
 
 An instance has L + 2 layers V¹ = {s}, V², …, V^{L+1}, V^{L+2} = {t}; every intermediate layer
 has 4 nodes, of which the passable ones V^i_* (1 or 2 here) are fully connected to the next
@@ -15,15 +15,15 @@ m+3 (prompt_vocab = m + 4). Responses hold node labels only: V = m.
     response "nodes" (H = L + 2):       s v_2 v_3 … v_{L+1} t
     response "edges" (H = 2(L + 1)):    s v_2 v_2 v_3 v_3 … v_{L+1} v_{L+1} t   (the paper's print)
 
-Choices the paper leaves open (notes §7 items 3, 4, 6); the varying ones are static fields:
+Choices the paper leaves open (listed in docs/claims.md); the varying ones are static fields:
 
 * Labels are 0-based, p(v) = v mod 2; layers are numbered as in the paper, s = layer 1, so the
   parity of intermediate layer i ∈ {2..L+1} is p(i) = i mod 2.
 * A fixed prompt length needs padding: whole PAD triplets on the left (the prompt still ends
   in `/ s t =` right before the response). E_max (`edge_slots`) defaults to the class's
   largest edge count; a mixture pads all its classes to the largest.
-* `edge_order`: "shuffled" (uniform over the E! orders; notes' guess) or "sorted" by (source
-  layer, source label, target label).
+* `edge_order`: "shuffled" (uniform over the E! orders; our guess: the paper does not say)
+  or "sorted" by (source layer, source label, target label).
 * `response`: "nodes" (Y ⊆ V^H with H = L + 2, as the text says) or "edges" (as printed).
 * Branching layers (2 passable nodes) are a uniform subset of the intermediate layers. With
   `mixed_pairs` their two passable labels have opposite parity: needed by every parity rule
@@ -31,7 +31,7 @@ Choices the paper leaves open (notes §7 items 3, 4, 6); the varying ones are st
   Fig. 2's G_{H,2}; Fig. 2's G_{H,3} (a uniform rule) has no parity constraint.
 * Fig. 1's hidden feature: V′ = {s} ∪ the first ⌊L/2⌋ intermediate layers (|V′| = 2L + 1 =
   |V|/2 for even L); G₁ graphs have ⊕_{u∈V′} p(u) = 1, G₂ graphs 0 (`feature`); G₃ has no
-  such constraint (notes §7.6, unknown).
+  such constraint (not stated).
 * V_* in G_{H,2}'s rule is the set of passable nodes of the intermediate layers (not s).
 
 Graph law of a class: uniform over its labelled graphs (branching set, labels without

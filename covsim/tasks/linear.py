@@ -1,4 +1,4 @@
-"""Autoregressive linear models π_θ (notes §1, Assumption 2.2) as exact ground truths.
+"""Autoregressive linear models π_θ (§2, Assumption 2.2) as exact ground truths.
 
     π_θ(y_h | x, y_{<h}) ∝ exp⟨θ, ϕ(x, y_{1:h})⟩        (softmax over the candidate token y_h)
 
@@ -10,7 +10,7 @@ with Hf ∈ {1, H} (position dependence), Cf ∈ {1, V+1} (dependence on the pre
 prev = y_{h-1}, index V = BOS at h = 0). The prompt is one token x ∈ [0, X) drawn from µ.
 
 Because ϕ depends on the prefix only through (x, h, y_{h-1}), the inherent variance σ⋆²
-(notes §2.7) is exact by a forward recursion over the law of the previous token, O(X·H·V²)
+(Eq. 8) is exact by a forward recursion over the law of the previous token, O(X·H·V²)
 after an O(X·Hf·Cf·V·d) table, without enumerating V^H responses.
 """
 
@@ -37,12 +37,12 @@ _BALLS = ("l2", "linf")
 
 
 def prop_3_2_kl_lower_bound(n: int, H: int) -> float:
-    """Prop 3.2 (notes §3.2): any proper estimator has D_KL(π_D ‖ π̂) ≥ H/(4n) w.p. ≥ 1/4.
+    """H/(4n): Prop. 3.2's printed bound (any proper estimator has D_KL ≥ H/(4n) w.p. ≥ ¼).
 
-    Caveat: on `AutoregressiveLinear.prop_3_2` exactly as transcribed (µ(1) = 1/(2n),
-    ϕ ∈ {−1, 0, 1}, Θ = [−1, 1]), the constant estimate θ̂ = 0 has, for every θ⋆ ∈ Θ,
-    D_KL = (H/2n)·kl(Ber(1/(1+e^{−2|θ⋆|})) ‖ Ber(½)) ≤ 0.164·H/n < H/(4n). The H/n scaling
-    holds; the constant 1/4 is not attained by this instance."""
+    An erratum: its proof (App. G) needs kl(Ber(e/(e+e⁻¹)) ‖ Ber(½)) ≥ ½, which is 0.328, so
+    the argument gives D_KL ≥ c·H/n w.p. ≥ ¼ with c = 0.164; on the proof's instance
+    (`AutoregressiveLinear.prop_3_2`) the estimate θ̂ = 0 has D_KL ≤ 0.164·H/n < H/(4n) for
+    every θ⋆ ∈ Θ (the claim "prop_3_2" tests the corrected statement)."""
     n = check_int("n", n, 1)
     H = check_int("H", H, 1)
     return H / (4 * n)
@@ -206,7 +206,7 @@ class AutoregressiveLinear(Task):
         """All X prompts (X, 1) with log µ (X,)."""
         return jnp.arange(self.X, dtype=jnp.int32)[:, None], self.log_mu
 
-    # ---- inherent variance σ⋆² (notes §2.7) -------------------------------------------
+    # ---- inherent variance σ⋆² (Eq. 8) -------------------------------------------
     @jax.jit
     def sigma_star_sq_by_position(self) -> Array:
         """(H,): E_{π_D} ‖ϕ(x, y_{1:h}) − ϕ̄(x, y_{<h})‖² at each position h, exactly.
@@ -267,7 +267,8 @@ class AutoregressiveLinear(Task):
         mu=None,
         pivotal: Iterable[int] | None = None,
     ) -> AutoregressiveLinear:
-        """Random instance (notes §9, "AR linear MLE vs. H"): every ϕ is an independent
+        """Random instance (for the MLE-vs-H experiments; not from the paper): every ϕ is an
+        independent
         Gaussian direction scaled to norm exactly B; θ⋆ a uniform direction of norm theta_norm.
 
         markov: ϕ depends on y_{h-1} (Cf = V+1); positional: ϕ depends on h (Hf = H).
@@ -310,7 +311,8 @@ class AutoregressiveLinear(Task):
 
     @classmethod
     def prop_3_2(cls, n: int, H: int, theta: float = 1.0) -> AutoregressiveLinear:
-        """Prop 3.2 (notes §3.2, App I): sequence KL of any proper estimator is ≥ H/(4n).
+        """The instance of Prop. 3.2's proof (App. G): sequence KL of any proper estimator is
+        ∝ H/n w.p. ≥ ¼ (the printed constant ¼ is an erratum: `prop_3_2_kl_lower_bound`).
 
         X = {0, 1}, µ(1) = 1/(2n); V = {−1, +1} encoded as tokens {0, 1}; d = 1;
         ϕ(0, ·) = 0, ϕ(1, y_{1:h}) = y_h; Θ = [−1, 1]. On prompt 1 the tokens are i.i.d. with
@@ -336,7 +338,7 @@ class AutoregressiveLinear(Task):
         N: float | None = None,
         Bbar: float | None = None,
     ) -> tuple[AutoregressiveLinear, Array]:
-        """Prop 5.1 lower bound for constant-step SGD (notes §3.4, App K.4 / I.4).
+        """Prop 5.1 lower bound for constant-step SGD (§5).
 
         d = 2, V = {−1, 0, 1} encoded as tokens {0, 1, 2}, ϕ(x, y_{1:h}) = B·v(x, y_h).
         Returns (task, θ_0), θ_0 the paper's initial iterate.
@@ -385,7 +387,7 @@ class AutoregressiveLinear(Task):
 
     @classmethod
     def prop_g1a(cls, n: int, d: int, B: float) -> AutoregressiveLinear:
-        """Prop G.1(a) / 4.1(a) (notes §3.3): the coarse term of Thm 4.1 is tight for MLE.
+        """Prop. 4.1(a): the coarse term of Thm 4.1 is tight for MLE.
 
         One prompt ⊥ (token 0), H = 1, V = d labels, ϕ(y) = B e_y, Θ = {‖θ‖_∞ ≤ 1} (ball "linf"),
         θ⋆ = (log(4n)/(2B))(e_1 − Σ_{j≥2} e_j), so π_D(label 1) = 4n/(d−1+4n) and every other

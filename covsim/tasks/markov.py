@@ -12,7 +12,7 @@ n_prompts = 1, else a single prompt token x ~ Uniform[0, n_prompts) (P = 1).
 Random tables are a pure function of (table_key, x, h, c): the V standard normals z of row
 (h, c) of prompt x are one threefry-2x32 block of the counters (x, (h·C + c)·V + v), so a
 row costs O(V) and one hash, in any order. Small chains store every table (log_T, and cdf_T
-for sampling); large ones (thousands of prompts, DESIGN.md's horizon experiment) regenerate
+for sampling); large ones (thousands of prompts, the horizon experiment, docs/claims.md) regenerate
 only the rows they visit inside traced code. Both paths evaluate the same function, so they
 define the very same chain. Dirichlet rows (gamma draws: a rejection loop) are stored only.
 """

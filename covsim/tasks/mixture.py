@@ -1,4 +1,5 @@
-"""Prompt-identified mixtures of tasks (notes §5's classes; DESIGN.md's horizon experiment).
+"""Prompt-identified mixtures of tasks (the classes of App. C; the horizon experiment of
+docs/claims.md).
 
     µ(c, x_c) = w_c µ_c(x_c),   π_D(y | c, x_c) = π_c(y | x_c).
 
