@@ -337,6 +337,13 @@ def cmd_describe(args) -> int:
             print(f"  reads: [task], {', '.join(f'[{s}]' for s in spec.reads)}")
             if spec.train_keys is not None:
                 print(f"  [train] keys: {', '.join(spec.train_keys)}")
+            elif "train" in spec.reads:  # the trainer's: TrainSpec, key for key
+                import dataclasses
+
+                from covsim.train import TrainSpec
+
+                names = [f.name for f in dataclasses.fields(TrainSpec) if f.name != "sample_chunk"]
+                print(f"  [train] keys (covsim.train.TrainSpec): {', '.join(names)}")
             if spec.task_keys:
                 print(f"  extra [task] keys: {', '.join(spec.task_keys)}")
             label = "  [runner] parameters:"

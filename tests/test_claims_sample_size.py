@@ -188,7 +188,22 @@ def _write(tmp_path, recs):
 def test_check_passes_on_the_predicted_behaviour(tmp_path):
     v = check(_write(tmp_path, _records()))
     assert v.passed, v.line()
-    assert v.numbers["slope_vs_n"][2.0] == pytest.approx(-1.0, abs=0.1)
+    assert v.numbers["ratio_slope_vs_n"][2.0] == pytest.approx(0.0, abs=0.1)
+    # the fitted constant: the largest E[Cov_N]·n/d over both panels (noise-free: 0.1)
+    assert v.numbers["fitted_C"] == pytest.approx(0.1, rel=0.3)
+    assert "fitted C" in v.statistic
+
+
+@pytest.mark.parametrize(
+    "kw, why",
+    [
+        ({"n_slope": -1.5}, "a faster decay than the bound's 1/n supports the upper bound"),
+        ({"H_slope": -0.3}, "coverage falling with H is within an H-free upper bound"),
+    ],
+)
+def test_check_passes_on_what_the_upper_bound_allows(tmp_path, kw, why):
+    v = check(_write(tmp_path, _records(**kw)))
+    assert v.passed, (why, v.line())
 
 
 @pytest.mark.parametrize(

@@ -56,8 +56,6 @@ def finetune_rows(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["seed", "step"])
 
 
-
-
 def per_seed(d: Path) -> list[dict]:
     """For each seed: its fine-tuning curve and both picks for every N in PASS_NS."""
     raw = read_metrics(d)

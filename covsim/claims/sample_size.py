@@ -1,5 +1,13 @@
-"""Claim "sample_size" (arXiv 2510.15020v2, Thm. 4.1, Cor. 4.2, Thm. 4.2): the exact MLE's Cov_N
-falls like 1/n, is nearly N-free in the coarse regime, and does not grow with H while KL does.
+"""Claim "sample_size" (arXiv 2510.15020v2, Thm. 4.1, Cor. 4.2, Thm. 4.2): the exact MLE's
+Cov_N obeys the *shape* of the coarse upper bound Cov_N ≲ C·d/n — at least as fast a decay in
+n, no growth with H at fixed σ⋆² — while KL grows with H. Kind: theorem shape (an upper bound
+with an unknown constant: one C is fitted across the grid and stated; a faster decay than the
+bound's supports it and passes).
+
+Assumptions (Assumption 2.2): the instance's Θ is the ℓ∞ unit ball of dimension d; with
+θ' = θ/√d and ϕ' = √d·ϕ it is the ℓ2 unit ball with ‖ϕ'‖ ≤ B√d, the same model class, so the
+theorems apply with B' = B√d (which enters the bound only inside logarithms). θ⋆ ∈ Θ: the
+MLE is well specified.
 
 The instance is `covsim.tasks.paper.rare_prompts_task` (its docstring derives the design): an
 AR linear model on which the *coarse* (missing-mass) term of Thm 4.1 / Cor 4.2, ≍ d/n, is the
@@ -24,32 +32,31 @@ from covsim.claims import Claim, Dirs, Verdict, register
 from covsim.results import read_metrics
 from covsim.stats import cov_columns, log_log_slopes, mean_ci, mean_slope
 
-#: Log-ratio ties within this many nats count as ≥ log N (as in covsim.tasks.bernoulli).
-TIE_ATOL = 1e-9
-#: The exact Cov_N enumerates the count vectors of identical-position groups; refuse beyond.
-MAX_COUNT_CELLS = 1 << 22
-
-
 # ---- the check -------------------------------------------------------------------------------
 
-#: Panel n: |fitted slope of log E[Cov_N] on log n − (−1)| must be ≤ this, for every N. Simulating
-#: the instance's missing-mass law with the quick profile's grid (n = 64..1024, 24 seeds, nested
+#: Panel n: the slope of log (E[Cov_N]·n/d) — the ratio to the coarse bound d/n — on log n must
+#: be ≤ this for every N: the coverage decays at least as fast as 1/n (faster passes). The
+#: coarse term (log N_∞(Π, c log N) + log(1/δ))/n has no other n-dependence. Simulating the
+#: instance's missing-mass law with the quick profile's grid (n = 64..1024, 24 seeds, nested
 #: datasets) gives a slope s.d. of ≈ 0.045 for the 24-seed mean and an exact-expectation slope
 #: within 0.01 of −1: 0.15 ≈ 3 s.d. + that bias. (The check reports the bootstrap s.d. too.)
 SLOPE_TOL = 0.15
-#: Panel H: |slope of log E[Cov_N] on log H| ≤ this (a factor 1.23 over H = 8..64; linear growth
-#: would be slope 1), KL's slope ≥ KL_SLOPE_MIN (linear growth, less the k pivotal positions
-#: that an unseen prompt does not pay for), and σ⋆² within SIGMA_RTOL of its mean.
+#: Panel H (fixed n and σ⋆²): the slope of log E[Cov_N] on log H must be ≤ FLAT_TOL for every
+#: N — the bound depends on H only through log(B'H/log N), slope ≤ 1/log(B'H) ≈ 0.15 here, and
+#: Cov_N may not grow faster than that (a factor 1.23 over H = 8..64); KL's slope ≥ KL_SLOPE_MIN
+#: (linear growth, less the k pivotal positions an unseen prompt does not pay for, for
+#: contrast); σ⋆² within SIGMA_RTOL of its mean (the panel's premise).
 FLAT_TOL = 0.1
 KL_SLOPE_MIN = 0.75
 SIGMA_RTOL = 0.01
 BOOTSTRAP = 1000
 
 
-
-
-
-
+def ratio_to_bound(df, cols) -> dict[float, dict[int, float]]:
+    """E[Cov_N]·n/d (the mean over seeds over the coarse bound d/n) per N and n."""
+    d = float(df["d"].iloc[0])
+    return {N: {int(n): float(m) * n / d for n, m in df.groupby("n")[c].mean().items()}
+            for N, c in cols}
 
 
 def check(dirs: Dirs) -> Verdict:
@@ -62,76 +69,80 @@ def check(dirs: Dirs) -> Verdict:
     dH = df[df["task.panel"] == "H"]
     if dn.empty or dH.empty:
         return Verdict("sample_size", False, "a panel has no results", "panels 'n' and 'H'")
-    # panel n: the 1/n rate, for every N
-    slopes, sds, totals = {}, {}, {}
+    d = int(df["d"].iloc[0])
+    # one constant over the whole grid: Cov_N ≤ C·d/n at every (n, N) of both panels
+    ratios = ratio_to_bound(dn, cols)
+    ratios_H = ratio_to_bound(dH, cols)
+    C = max(max(r.values()) for r in (*ratios.values(), *ratios_H.values()))
+    # panel n: the ratio does not grow with n (Cov decays at least like 1/n), for every N
+    slopes, sds = {}, {}
     for N, c in cols:
-        s, sd, means = mean_slope(dn, "n", c)
-        slopes[N], sds[N], totals[N] = s, sd, float(np.sum(means))
+        s, sd, _ = mean_slope(dn, "n", c)
+        slopes[N], sds[N] = s + 1.0, sd  # slope of the ratio = slope of Cov + 1
     e = dn.groupby("n")["expected_missing_mass"].first()
     inst_slope = float(log_log_slopes(e.index.to_numpy(float), e.to_numpy(float)))
-    rate_ok = all(abs(s + 1) <= SLOPE_TOL for s in slopes.values())
-    # N: monotone, and a decay no faster than the fine term's 1/log N
-    tot = np.array([totals[N] for N in Ns])
-    monotone = bool(np.all(np.diff(tot) <= 1e-12 * tot[0]))
-    ratio = tot[-1] / tot[0] if tot[0] > 0 else math.nan
-    ratio_floor = math.log(Ns[0]) / math.log(Ns[-1]) if Ns[0] > 1 else 0.0
-    n_ok = monotone and ratio_floor <= ratio <= 1.0
-    # panel H: Cov flat, KL grows, σ⋆² fixed
+    rate_ok = all(s <= SLOPE_TOL for s in slopes.values())
+    # N: Cov_N is non-increasing in N for any model (an identity of the definition)
+    tot = np.array([float(dn[c].mean()) for _, c in cols])
+    monotone = bool(np.all(np.diff(tot) <= 1e-12 * max(tot[0], 1e-300)))
+    n_ratio = tot[-1] / tot[0] if tot[0] > 0 else math.nan
+    # panel H: Cov not growing with H at fixed σ⋆², KL growing for contrast
     flat = {N: mean_slope(dH, "H", c)[:2] for N, c in cols}
     kl_slope, kl_sd, _ = mean_slope(dH, "H", "kl")
     sig = dH.groupby("H")["sigma2"].first()
     sig_dev = float(np.max(np.abs(sig / sig.mean() - 1)))
-    H_ok = (
-        all(abs(s) <= FLAT_TOL for s, _ in flat.values())
-        and kl_slope >= KL_SLOPE_MIN
-        and sig_dev <= SIGMA_RTOL
-    )
+    H_ok = (all(s <= FLAT_TOL for s, _ in flat.values()) and kl_slope >= KL_SLOPE_MIN
+            and sig_dev <= SIGMA_RTOL)
     converged = bool(df["converged"].all())
-    worst = max(slopes, key=lambda N: abs(slopes[N] + 1))
-    worst_flat = max(flat, key=lambda N: abs(flat[N][0]))
+    worst = max(slopes, key=slopes.get)
+    worst_flat = max(flat, key=lambda N: flat[N][0])
+    n_min = int(dn["n"].min())
     numbers = {
-        "slope_vs_n": slopes,
+        "fitted_C": C,
+        "bound_at_n_min_constant_1": d / n_min,
+        "ratio_to_d_over_n": ratios,
+        "ratio_to_d_over_n_panel_H": ratios_H,
+        "ratio_slope_vs_n": slopes,
         "slope_sd": sds,
         "instance_slope": inst_slope,
-        "cov_ratio_Nmax_Nmin": ratio,
+        "cov_ratio_Nmax_Nmin": n_ratio,
         "monotone_in_N": monotone,
         "cov_slope_vs_H": {N: v[0] for N, v in flat.items()},
         "kl_slope_vs_H": kl_slope,
         "sigma2": sig.to_dict(),
         "sigma2_rel_dev": sig_dev,
         "all_converged": converged,
-        "d": int(df["d"].iloc[0]),
+        "d": d,
         "d_eff": float(df["d_eff"].iloc[0]),
     }
     stat = (
-        f"slope of E Cov_N vs n: {min(slopes.values()):.3f}..{max(slopes.values()):.3f} over "
-        f"N={Ns[0]:g}..{Ns[-1]:g} (worst N={worst:g}: {slopes[worst]:.3f} ± {sds[worst]:.3f} "
-        f"boot. s.d.; instance E[missing mass] {inst_slope:.3f}); "
-        f"ΣCov_{Ns[-1]:g}/ΣCov_{Ns[0]:g} = {ratio:.3f}, monotone={monotone}; "
+        f"Cov_N ≤ C·d/n on the whole grid with fitted C = {C:.3f} (d = {d}; d/n ≤ "
+        f"{d / n_min:.2f}); slope of Cov_N·n/d vs n: {min(slopes.values()):+.3f}.."
+        f"{max(slopes.values()):+.3f} over N={Ns[0]:g}..{Ns[-1]:g} (worst N={worst:g}: "
+        f"{slopes[worst]:+.3f} ± {sds[worst]:.3f} boot. s.d.; instance E[missing mass] "
+        f"{inst_slope + 1:+.3f}); ΣCov_{Ns[-1]:g}/ΣCov_{Ns[0]:g} = {n_ratio:.3f}; "
         f"H {int(sig.index.min())}→{int(sig.index.max())} at n={int(dH['n'].iloc[0])}: "
         f"Cov slope {flat[worst_flat][0]:+.3f} (N={worst_flat:g}), KL slope {kl_slope:.3f} "
         f"± {kl_sd:.3f}, σ⋆² = {sig.mean():.2f} (±{100 * sig_dev:.3f}%)"
     )
     thr = (
-        f"|slope + 1| ≤ {SLOPE_TOL} for every N (coarse term d/n, Cor 4.2); "
-        f"log {Ns[0]:g}/log {Ns[-1]:g} = {ratio_floor:.3f} ≤ ratio ≤ 1 and monotone (coarse "
-        f"regime: weak N-dependence, never faster than the fine term's 1/log N); "
-        f"|Cov slope in H| ≤ {FLAT_TOL}, KL slope ≥ {KL_SLOPE_MIN}, σ⋆² within "
-        f"{100 * SIGMA_RTOL:g}%"
+        f"the coarse bound's shape (Cor. 4.2): slope of Cov_N/(d/n) in n ≤ {SLOPE_TOL} for "
+        f"every N (a decay at least as fast as 1/n; faster passes); Cov_N's slope in H ≤ "
+        f"{FLAT_TOL} at fixed σ⋆² (within {100 * SIGMA_RTOL:g}%); for contrast KL's slope in H "
+        f"≥ {KL_SLOPE_MIN}; identity check: Cov_N non-increasing in N"
     )
     note = (
         "regime: low-dimensional coarse (missing-mass) term, d = "
-        f"{numbers['d']} parameters, E Cov_N ≈ d_eff/n with d_eff = {numbers['d_eff']:.2f}; "
+        f"{d} parameters, E Cov_N ≈ d_eff/n with d_eff = {numbers['d_eff']:.2f}; "
         "the √(σ⋆²/(n log N)) term of Thm 4.2 is an upper bound here, not in force"
     )
     if not converged:
         note += "; some MLE fits did not reach the stationarity tolerance"
-    return Verdict("sample_size", rate_ok and n_ok and H_ok, stat, thr, numbers, note)
+    passed = bool(rate_ok and monotone and H_ok)
+    return Verdict("sample_size", passed, stat, thr, numbers, note)
 
 
 # ---- the figure ------------------------------------------------------------------------------
-
-
 
 
 _MARKERS = "osD^v<>p"
@@ -229,8 +240,8 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
 register(
     Claim(
         name="sample_size",
-        title="Exact MLE: Cov_N ≍ d/n (coarse term), weak in N, flat in H at fixed σ⋆² while "
-        "KL grows",
+        title="Exact MLE: Cov_N follows the coarse bound's shape C·d/n (as fast a decay in n, "
+        "no growth in H at fixed σ⋆²) while KL grows with H",
         paper_ref="arXiv 2510.15020v2, Thm. 4.1, Cor. 4.2, Thm. 4.2",
         kind="theorem shape",
         experiments=("sample_size",),

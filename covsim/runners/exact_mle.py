@@ -158,7 +158,6 @@ def prop_3_2_posterior_mean(s: int, T: int) -> float:
     return float(np.sum(w * g) / np.sum(w))
 
 
-
 @register_runner("prop_3_2_mle", dataclasses.replace(EXACT, task_keys=("H_grid",)))
 def run_prop_3_2(cfg: Config, cell: Cell) -> RunResult:
     """Every seed of the cell: one dataset of n sequences at the largest H of task.H_grid, its
@@ -271,6 +270,7 @@ def run_mle(cfg: Config, cell: Cell) -> RunResult:
             "seed": seed,
             "step": 1,  # one exact fit
             "sigma_star_sq": s2,
+            "B": float(task.B) if hasattr(task, "B") else math.nan,  # the feature-norm bound
             "n": n,
             "kl": float(kl),
             "cov": dict(zip(Ns, np.asarray(cov).tolist(), strict=True)),

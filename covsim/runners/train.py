@@ -109,7 +109,8 @@ def memory_estimate(spec: TrainSpec, task: Task, params: int, n_seeds: int = 1) 
     (a learner's activations beyond its (batch, H, V) output are not), so a cell refused on
     this estimate cannot fit; one that passes may still not.
 
-    parameters: params, gradient and up to two optimizer moments (4 copies); checkpoints:
+    parameters: params and their gradient (2 copies; an optimizer's moments come on top);
+    checkpoints:
     (n_evals + 1) parameter copies when kept; data: the fixed dataset plus the evaluation set,
     (n + m) × (P + H) tokens and m log-probs; schedule: (n_steps, batch_size) indices and the
     (epochs, n_train) shuffle keys; evaluation: (m, H) token log-probs and token KLs plus one
@@ -123,7 +124,7 @@ def memory_estimate(spec: TrainSpec, task: Task, params: int, n_seeds: int = 1) 
     steps = spec.n_steps
     epochs = -(-steps * b // n) if n else 0
     terms = {
-        "parameters and optimizer state": 4 * params * f,
+        "parameters and optimizer state": 2 * params * f,
         "kept checkpoints": (spec.n_evals + 1) * params * f if spec.checkpoints else 0,
         "dataset and evaluation set": (n + m) * (P + H) * f + m * f,
         "batch schedule": (steps * b + 2 * epochs * n) * f if n else 0,

@@ -415,7 +415,6 @@ TIE_ATOL = 1e-9
 MAX_COUNT_CELLS = 1 << 22
 
 
-
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     m = z.max(-1, keepdims=True)
     return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
