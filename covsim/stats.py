@@ -186,7 +186,8 @@ def flatness_tolerance(half_width: float, mean: float, spread_mult: float,
 def length_stats(d: Path, by: str, N: int, spread_mult: float,
                  rel_floor: float = 0.0) -> dict[str, Any] | None:
     """Final KL and Cov_N against a length axis `by` (a sweep column) in sweep directory d:
-    per-value medians over seeds, the linear fit of KL, and the spread of the Cov_N medians
+    per-value medians over seeds (and each value's final KL per seed, "kl_seeds"), the linear
+    fit of KL, and the spread of the Cov_N medians
     with its tolerance (`flatness_tolerance`: spread_mult × the pooled Wilson half-width or
     rel_floor × the mean of the medians, the larger). None if no results."""
     df = read_metrics(d)
@@ -196,7 +197,8 @@ def length_stats(d: Path, by: str, N: int, spread_mult: float,
     status = read_summaries(d)["status"]
     fin = finals(df, by)
     Hs = sorted(int(h) for h in fin[by].unique())
-    kl_med = [float(np.nanmedian(fin.loc[fin[by] == h, "kl"])) for h in Hs]
+    kl_seeds = [fin.loc[fin[by] == h, "kl"].to_numpy(float) for h in Hs]
+    kl_med = [float(np.nanmedian(v)) for v in kl_seeds]
     cov_med = [float(np.nanmedian(fin.loc[fin[by] == h, col])) for h in Hs]
     seeds = [int(fin.loc[fin[by] == h, "kl"].notna().sum()) for h in Hs]
     slope, icpt, r2 = linear_fit(Hs, kl_med)
@@ -204,13 +206,14 @@ def length_stats(d: Path, by: str, N: int, spread_mult: float,
     m, alpha = t.eval_samples, t.interval_alpha
     hw = [wilson_half_width(float(np.nanmean(fin.loc[fin[by] == h, col])), s * m, alpha)
           for h, s in zip(Hs, seeds, strict=True)]
+    tol, tol_by = flatness_tolerance(float(np.mean(hw)), float(np.mean(cov_med)), spread_mult,
+                                     rel_floor)
     return {
-        "H": Hs, "kl_med": kl_med, "cov_med": cov_med, "seeds": seeds,
+        "H": Hs, "kl_med": kl_med, "kl_seeds": kl_seeds, "cov_med": cov_med, "seeds": seeds,
         "slope": slope, "icpt": icpt, "r2": r2,
         "expo": loglog_fit(Hs, kl_med)[0],
         "r2_sqrt": linear_fit(Hs, np.sqrt(Hs))[2],
-        **dict(zip(("tol", "tol_by"), flatness_tolerance(
-            float(np.mean(hw)), float(np.mean(cov_med)), spread_mult, rel_floor), strict=True)),
+        "tol": tol, "tol_by": tol_by,
         "spread": max(cov_med) - min(cov_med),
         "eval_samples": m, "alpha": alpha,
         "missing": int((~status.isin(["done", "diverged"])).sum()),

@@ -42,7 +42,6 @@ from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
 from covsim.results import read_metrics
 from covsim.stats import (
-    finals,
     flatness_tolerance,
     length_stats,
     linear_fit,
@@ -115,18 +114,13 @@ def stratified_finals(d: Path, Hs: list[int], m: int, alpha: float) -> dict | No
             "tol": tol, "tol_by": tol_by}
 
 
-def _mixture_exponent(d: Path, Hs: list[int]) -> tuple[float, float, float]:
-    fin = finals(read_metrics(d), L_COL)
-    return exponent_interval(Hs, [fin.loc[fin[L_COL] == h, "kl"].to_numpy(float) for h in Hs])
-
-
 def check(dirs: Dirs) -> Verdict:
     d = Path(dirs[NAME])
     mix = length_stats(d, L_COL, N_COV, COV_SPREAD_MULT, COV_REL_FLOOR)
     if mix is None:
         return Verdict(NAME, False, "no results on disk", "results for every H", note=str(d))
     Hs, seeds = mix["H"], mix["seeds"]
-    mix["expo_ci"] = _mixture_exponent(d, Hs)
+    mix["expo_ci"] = exponent_interval(Hs, mix["kl_seeds"])
     strat = stratified_finals(d, Hs, mix["eval_samples"], mix["alpha"])
     st = strat or mix  # the paper's stratified estimate where the runner wrote it
     kl, cov = st["kl_med"], st["cov_med"]
@@ -170,7 +164,7 @@ def check(dirs: Dirs) -> Verdict:
     span = f"{min(seeds)}" if min(seeds) == max(seeds) else f"{min(seeds)}–{max(seeds)}"
     notes = [f"median over {span} seeds"]
     if 8 in Hs:
-        pc8 = per_class_medians(d, L_COL, N_COV).get(8, {}).get("cov")
+        pc8 = pc.get(8, {}).get("cov")
         c82 = f" (measured Cov_{N_COV} of G_(8,2): {pc8[1]:.2f})" if pc8 else ""
         notes.append(f"at H = 8 the classes G_(8,2) and G_(8,3) are the same graphs, not "
                      f"identifiable: a model uniform over the 16 valid paths is covered at "

@@ -36,7 +36,8 @@ import numpy as np
 
 from covsim.claims import Claim, Dirs, Verdict, register
 from covsim.results import read_metrics
-from covsim.stats import cov_columns, wilson_interval
+from covsim.stats import cov_columns, log_log_slopes, wilson_interval
+from covsim.tasks.bernoulli import bernoulli_kl
 
 #: The probability in Prop. 3.2.
 PROB = 0.25
@@ -59,13 +60,8 @@ SLOPE_TOL = 0.05
 Z = 1.96
 
 
-def kl_half(p: float) -> float:
-    """kl(Ber(p) ‖ Ber(½)) = log 2 + p log p + (1 − p) log(1 − p), in nats."""
-    return math.log(2) + p * math.log(p) + (1 - p) * math.log(1 - p)
-
-
-#: kl(Ber(e/(e + e⁻¹)) ‖ Ber(½)): what the proof needs to be ≥ ½.
-KL_STEP = kl_half(math.e / (math.e + 1 / math.e))
+#: kl(Ber(e/(e + e⁻¹)) ‖ Ber(½)) in nats: what the proof needs to be ≥ ½.
+KL_STEP = float(bernoulli_kl(math.e / (math.e + 1 / math.e), 0.5))
 #: The corrected constant: P[KL ≥ C_CORRECTED·H/n] ≥ ¼.
 C_CORRECTED = KL_STEP / 2
 
@@ -92,7 +88,7 @@ def quantile_slope(df, col: str, worst: dict[int, tuple]) -> tuple[float, dict[i
          for H, w in worst.items()}
     Hs = sorted(q)
     v = np.array([q[H] for H in Hs])
-    slope = float(np.polyfit(np.log(Hs), np.log(v), 1)[0]) if np.all(v > 0) else math.nan
+    slope = float(log_log_slopes(Hs, v)) if np.all(v > 0) else math.nan
     return slope, q
 
 
@@ -169,9 +165,9 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
     Hs = np.sort(df["H"].unique()).astype(float)
     fig, axs = plt.subplots(1, 3, figsize=(15, 4.4))
     ax = axs[0]
+    worst = {col: fractions(df, col, C_CORRECTED) for col in ESTIMATORS}
     for i, (col, lab) in enumerate(ESTIMATORS.items()):
-        f = fractions(df, col, C_CORRECTED)
-        _, q = quantile_slope(df, col, f)
+        _, q = quantile_slope(df, col, worst[col])
         ax.plot(Hs, [q[int(H)] for H in Hs], marker="os^v"[i], color=f"C{i}",
                 label=f"{lab}: 75% quantile, worst θ⋆")
     plots.theory_line(ax, Hs, Hs / (4 * n), "H/(4n) (Prop. 3.2 as printed)")
@@ -183,7 +179,7 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
     ax.legend(fontsize=7)
     ax = axs[1]
     for i, (col, lab) in enumerate(ESTIMATORS.items()):
-        fr = np.array([v[:3] for _, v in sorted(fractions(df, col, C_CORRECTED).items())])
+        fr = np.array([v[:3] for _, v in sorted(worst[col].items())])
         shift = 1.0 + 0.02 * (i - 1.5)  # side by side: the curves often coincide
         ax.errorbar(Hs * shift, fr[:, 0], yerr=[fr[:, 0] - fr[:, 1], fr[:, 2] - fr[:, 0]],
                     marker="os^v"[i], capsize=3, color=f"C{i}", label=lab)
