@@ -54,6 +54,7 @@ def _register_builtin_tasks() -> None:
                                 graph.figure1_pretrain_task, ()),
         "rare_prompts": (lambda key, **p: paper.rare_prompts_task(**p),
                          paper.rare_prompts_task, ()),
+        "pivotal": (lambda key, **p: paper.pivotal_task(**p), paper.pivotal_task, ()),
     }
     for name, (factory, ctor, skip) in builtin.items():
         ps = registry.signature_params(ctor, skip)

@@ -75,13 +75,14 @@ def test_a_plugin_that_does_not_import_is_one_config_error(tmp_path, fresh_path)
 
 
 def test_set_of_a_factory_parameter_absent_from_the_file():
-    cfg = load_config(ROOT / "experiments" / "variance.toml", "quick", ["task.X=2"])
-    assert "X" not in load_config(ROOT / "experiments" / "variance.toml", "quick").task.params
+    toml = ROOT / "tests" / "configs" / "linear_mle.toml"
+    cfg = load_config(toml, "quick", ["task.X=2"])
+    assert "X" not in load_config(toml, "quick").task.params
     assert cfg.task.params["X"] == 2  # AutoregressiveLinear.random's X, not in the file
 
 
 def test_unknown_parameters_are_rejected_with_the_real_allowed_list():
-    toml = ROOT / "experiments" / "variance.toml"
+    toml = ROOT / "tests" / "configs" / "linear_mle.toml"
     real = sorted({p.name for p in R.entry("task", "linear").params} | {"kind", "H", "seed"})
     with pytest.raises(ConfigError) as e:
         load_config(toml, "quick", ["task.colour=1"])

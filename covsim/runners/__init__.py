@@ -12,7 +12,7 @@ matplotlib or pandas.
     train              covsim.runners.train        the trainer (all seeds vmapped), [pretrain]
     train_tabular      covsim.runners.tabular      the trainer with a task-shaped Tabular learner
     bernoulli_closed_form  covsim.runners.closed_form  Bernoulli case study, closed-form scores
-    sample_size_mle, prop_3_2_mle, mle
+    sample_size_mle, prop_3_2_mle, variance_mle, mle
                        covsim.runners.exact_mle    exact MLE fits, exact or sampled scores
 """
 

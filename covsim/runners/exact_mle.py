@@ -5,6 +5,8 @@ Cor 4.2, Thm 4.2, Prop. 3.2 of arXiv 2510.15020v2), fitted to a stationarity tol
     sample_size_mle   the rare-prompts instance (`covsim.tasks.paper`), exact KL and Cov_N
                       (`covsim.tasks.linear.iid_token_scores`), one panel over n or over H
     prop_3_2_mle      Prop. 3.2's two-prompt instance over an H grid, exact KL and Cov_N
+    variance_mle      the pivotal instance (`covsim.tasks.paper`), one panel over σ⋆² (k),
+                      n or H; exact KL, Cov_N on fresh samples with exact log-probabilities
     mle               any AR linear task, KL and Cov_N on fresh evaluation samples
 """
 
@@ -30,8 +32,13 @@ from covsim.registry import signature_params
 from covsim.results import RunResult
 from covsim.runners.registry import RunnerSpec, register_runner, runner_params
 from covsim.sweep import Cell
-from covsim.tasks.linear import AutoregressiveLinear, iid_token_scores, prop_3_2_kl_lower_bound
-from covsim.tasks.paper import expected_missing_mass, rare_prompts_task
+from covsim.tasks.linear import (
+    AutoregressiveLinear,
+    iid_token_kl,
+    iid_token_scores,
+    prop_3_2_kl_lower_bound,
+)
+from covsim.tasks.paper import expected_missing_mass, pivotal_task, rare_prompts_task
 
 #: fit_loglinear_mle's keyword arguments that `[runner]` may set (runner "mle").
 SOLVER_KEYS = ("l2", "tol", "max_iter")
@@ -220,6 +227,100 @@ def run_prop_3_2(cfg: Config, cell: Cell) -> RunResult:
                 }
             )
     return RunResult(records, {"kl_unseen": {str(H): v for H, v in kl_unseen.items()}})
+
+
+# ---- variance_mle ----------------------------------------------------------------------------
+
+#: The pivotal instance's parameters a variance config may set in [task] besides H and k.
+PIVOTAL_KEYS = ("b", "q", "B_rare", "theta_rare", "seed")
+VARIANCE_PANELS = ("sigma", "n", "H")
+
+
+@register_runner(
+    "variance_mle",
+    RunnerSpec(
+        reads=("train",), requires=("train",), train_keys=("n_train", "eval_samples", "Ns"),
+        train_required=("n_train", "eval_samples"),
+        task_keys=("panel", "k_grid", "n_grid", "H_grid"),
+    ),
+)
+def run_variance(cfg: Config, cell: Cell) -> RunResult:
+    """One panel of the variance study, every seed of the cell; one record per (seed, point).
+
+    The base point is (k = task.k, n = train.n_train, H = task.H); task.panel moves one axis:
+    "sigma": k over task.k_grid (σ⋆² ≈ k·b²), "n": n over task.n_grid, "H": H over
+    task.H_grid (σ⋆² fixed). Panels "n" and "H" nest their data per seed: one dataset and one
+    evaluation set drawn at the panel's largest n and H, whose first n rows / first H
+    positions are exact samples of the smaller instances (`pivotal_task` is prefix-consistent
+    in H), so trends along the axis are not confounded with sampling noise; panel "sigma"
+    draws each k afresh (the instances differ). The MLE is `fit_padded_mle` (projected FISTA
+    on the ℓ2 unit ball); KL is exact (`iid_token_kl`), Cov_N is measured on
+    train.eval_samples fresh responses with exact log-probabilities, Wilson interval per seed."""
+    if cfg.task.kind != "pivotal":
+        raise ValueError(
+            f"task.kind: the variance runner needs 'pivotal', got {cfg.task.kind!r}"
+        )
+    p = cfg.task.params
+    panel = p.get("panel")
+    if panel not in VARIANCE_PANELS:
+        raise ValueError(f"task.panel: must be one of {list(VARIANCE_PANELS)}, got {panel!r}")
+    inst = {key: p[key] for key in PIVOTAL_KEYS if key in p}
+    H0, k0, n0 = cfg.task.H, p.get("k"), cfg.train.n_train
+    if H0 is None or k0 is None:
+        raise ValueError("task.H, task.k: both required (the base point of every panel)")
+    grid_of = {"sigma": "k_grid", "n": "n_grid", "H": "H_grid"}
+    values = _grid(f"task.{grid_of[panel]}", p.get(grid_of[panel]))
+    points = {"sigma": [(k, n0, H0) for k in values], "n": [(k0, n, H0) for n in values],
+              "H": [(k0, n0, H) for H in values]}[panel]
+    for k, _, H in points:
+        if k > H:
+            raise ValueError(f"task: k = {k} pivotal positions need H ≥ k, got H = {H}")
+    Ns = [float(N) for N in cfg.train.Ns]
+    m = cfg.train.eval_samples
+    n_max = max(n for _, n, _ in points)
+    H_max = max(H for _, _, H in points)
+    tasks = {(k, H): pivotal_task(H=H, k=k, **inst) for k, _, H in points}
+    sigma2 = {kh: float(t.sigma_star_sq()) for kh, t in tasks.items()}
+    big = pivotal_task(H=H_max, k=k0, **inst)  # the nested panels' largest instance
+    records = []
+    for seed in cell.seeds:
+        key = jax.random.key(cell.rng_seed(seed))
+        if panel != "sigma":  # nested: one draw at the panel's largest shape
+            k_data, k_eval = jax.random.split(key)
+            x_all, y_all = big.sample(k_data, n_max)
+            ex, ey = big.sample(k_eval, m)
+        for k, n, H in points:
+            task = tasks[(k, H)]
+            if panel == "sigma":
+                k_data, k_eval = jax.random.split(jax.random.fold_in(key, k))
+                x_all, y_all = task.sample(k_data, n)
+                ex, ey = task.sample(k_eval, m)
+            x, y = x_all[:n], y_all[:n, :H]
+            theta, info = fit_padded_mle(task, x, y, n_pad=n_max if panel != "sigma" else n,
+                                         H_pad=H_max)
+            eval_set = (ex, ey[:, :H], task.log_prob(ex, ey[:, :H]))
+            _, cov, lo, hi = _score(theta, task, eval_set, tuple(Ns))
+            records.append({
+                "step": 0,
+                "seed": seed,
+                "k": k,
+                "n": n,
+                "H": H,
+                "sigma2": sigma2[(k, H)],
+                "B": float(task.B),
+                "kl": iid_token_kl(task, theta),
+                "cov": dict(zip(Ns, np.asarray(cov).tolist(), strict=True)),
+                "cov_lo": dict(zip(Ns, np.asarray(lo).tolist(), strict=True)),
+                "cov_hi": dict(zip(Ns, np.asarray(hi).tolist(), strict=True)),
+                "rare_seen": bool(np.any(np.asarray(x[:, 0]) == 1)),
+                "theta_norm": float(jnp.linalg.norm(theta)),
+                "eval_samples": m,
+                "iterations": int(info["iterations"]),
+                "converged": bool(info["converged"]),
+            })
+    summary = {"panel": panel, "sigma2": {f"{k},{H}": v for (k, H), v in sigma2.items()},
+               "all_converged": all(r["converged"] for r in records)}
+    return RunResult(records, summary)
 
 
 # ---- mle -------------------------------------------------------------------------------------

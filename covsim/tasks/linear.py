@@ -420,6 +420,32 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - m - np.log(np.exp(z - m).sum(-1, keepdims=True))
 
 
+def _iid_token_tables(task: AutoregressiveLinear, theta) -> tuple[np.ndarray, ...]:
+    """log π_{θ⋆}(v | x, h), log π_θ(v | x, h) (X, H, 2) and µ (X,), float64, for a task whose
+    tokens are independent given the prompt (V = 2, F.shape[2] == 1)."""
+    if task.F.shape[2] != 1 or task.V != 2:
+        raise ValueError(
+            "argument task must have V = 2 and features independent of the previous token "
+            f"(F.shape[2] == 1), got V = {task.V}, F.shape = {tuple(task.F.shape)}"
+        )
+    F = np.asarray(task.F, np.float64)[:, :, 0]  # (X, Hf, 2, d)
+    lp = _log_softmax(F @ np.asarray(task.theta, np.float64))  # (X, Hf, 2)
+    lq = _log_softmax(F @ np.asarray(theta, np.float64))
+    lp, lq = (np.broadcast_to(a, (a.shape[0], task.H, 2)) for a in (lp, lq))
+    return lp, lq, np.exp(np.asarray(task.log_mu, np.float64))
+
+
+def iid_token_kl(task: AutoregressiveLinear, theta) -> float:
+    """Exact sequence KL(π_{θ⋆} ‖ π_θ) = Σ_x µ_x Σ_h Σ_v p_xhv (log p_xhv − log q_xhv) for a task
+    whose tokens are independent given the prompt (as `iid_token_scores`, for any number of
+    distinct positions: no enumeration). Float64."""
+    lp, lq, mu = _iid_token_tables(task, theta)
+    p = np.exp(lp)
+    with np.errstate(invalid="ignore"):
+        per_x = np.sum(np.where(p > 0, p * (lp - lq), 0.0), axis=(1, 2))
+    return float(np.sum(np.where(mu > 0, mu * per_x, 0.0)))
+
+
 def iid_token_scores(task: AutoregressiveLinear, theta, Ns) -> tuple[float, np.ndarray]:
     """Exact sequence KL(π_{θ⋆} ‖ π_θ) and Cov_N(π_{θ⋆} ‖ π_θ) for N in Ns: (float, (k,)).
 
@@ -432,18 +458,8 @@ def iid_token_scores(task: AutoregressiveLinear, theta, Ns) -> tuple[float, np.n
     where positions with the same (p, r) pair (up to relabelling the tokens) form a group whose
     count of one token is Binomial: the probability is an exact sum over count vectors.
     Float64 throughout; ties within TIE_ATOL count as ≥ log N."""
-    if task.F.shape[2] != 1 or task.V != 2:
-        raise ValueError(
-            "argument task must have V = 2 and features independent of the previous token "
-            f"(F.shape[2] == 1), got V = {task.V}, F.shape = {tuple(task.F.shape)}"
-        )
     logN = np.log(check_Ns("Ns", Ns))
-    F = np.asarray(task.F, np.float64)[:, :, 0]  # (X, Hf, 2, d)
-    theta = np.asarray(theta, np.float64)
-    lp = _log_softmax(F @ np.asarray(task.theta, np.float64))  # (X, Hf, 2)
-    lq = _log_softmax(F @ theta)
-    lp, lq = (np.broadcast_to(a, (a.shape[0], task.H, 2)) for a in (lp, lq))
-    mu = np.exp(np.asarray(task.log_mu, np.float64))
+    lp, lq, mu = _iid_token_tables(task, theta)
     kl, cov = 0.0, np.zeros(logN.shape)
     for x in np.flatnonzero(mu > 0):
         p = np.exp(lp[x])
@@ -482,3 +498,4 @@ def _sum_distribution(p: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndar
         r = np.add.outer(r, r_g).ravel()
         logw = np.add.outer(logw, lw).ravel()
     return r, logw
+

@@ -4,6 +4,8 @@ the graph tasks of `covsim.tasks.graph`).
 
     rare_prompts_task(H, X_rare=32, ...)   the sample_size instance: the coarse (missing-mass)
                                            term of Thm 4.1 / Cor 4.2 in force, σ⋆² fixed in H
+    pivotal_task(H, k, ...)                the variance instance: Thm 4.2's √(σ⋆²/(n log N))
+                                           term in force, σ⋆² set by k and fixed in H
 
 `rare_prompts_task` is an AR linear model built so that the *coarse* term of Thm 4.1 /
 Cor 4.2, ≍ d/n, is the one in force:
@@ -19,6 +21,30 @@ Cor 4.2, ≍ d/n, is the one in force:
   (θ⋆_piv = theta_piv), learned from all prompts. They carry σ⋆² (≈ k·b²(1 − tanh²(bθ))),
   while each near-deterministic token adds only 4B²ε/(1+ε)², ε = e^{−2B} (3e-5 at B = 8):
   σ⋆² stays fixed as H grows, yet the unseen prompts' KL grows like (H − k) log 2.
+
+`pivotal_task` is an AR linear model in the setting of Thm 4.2 (Assumption 2.2: Θ the ℓ2
+unit ball, ‖ϕ‖ ≤ B, θ⋆ ∈ Θ) on which the *variance* term √(σ⋆²/(n log N)) is the one in
+force, in the spirit of the lower-bound construction of Prop. K.1 (one parameter per stochastic
+position):
+
+* V = 2 (tokens ±1), X = 2 prompts: prompt 0 has mass 1 − q, prompt 1 ("rare") mass q.
+* Positions h < k are pivotal on both prompts: ϕ = b·y_h·e_h, each position its own
+  coordinate, θ⋆_h = 0 (the token is a fair coin). Each adds b² to σ⋆², so σ⋆² = k·b² (+ the
+  rare block below). The MLE estimates k coordinates from n coins each, so its log-ratio on a
+  fresh response is a sum of k independent terms of variance ≈ 1/n: Cov_N is set by k/n, i.e.
+  by σ⋆²/(b² n), and with b < 1 the unit ball binds once k/(b² n) ≳ 1 (capacity controlled by
+  the norm, as in Thm 4.2, not by the dimension).
+* Positions h ≥ k are near-deterministic on the rare prompt only: ϕ = B_rare·s_h·y_h·e_r on one
+  shared coordinate with θ⋆_r = theta_rare (favoured token w.p. 1 − ε, ε = σ(−2·B_rare·
+  theta_rare)); on prompt 0 they have ϕ = 0, a fair coin under every θ, adding nothing to σ⋆²
+  (Eq. 8 counts feature variation) or to the log-ratio. The block adds only
+  q·(H − k)·4B_rare²ε(1 − ε) to σ⋆², so σ⋆² stays fixed as H grows, while a dataset that misses
+  the rare prompt (probability (1 − q)^n) leaves θ̂_r = 0 and pays KL ≈ q·(H − k)·kl(1 − ε ‖ ½):
+  the KL grows with H at fixed σ⋆² and n, the contrast of Prop. 3.2.
+
+Θ is one ball for all coordinates: when the rare prompt is seen its tokens push θ̂_r outwards
+and the pivotal estimates share what is left of the ball, so H reaches the coverage through
+the fit; the theorem says it may not make Cov_N grow.
 """
 
 from __future__ import annotations
@@ -86,3 +112,44 @@ def expected_missing_mass(log_mu, n: int) -> float:
     """E[mass of prompts absent from n i.i.d. draws] = Σ_x µ_x (1 − µ_x)^n (float64)."""
     mu = np.exp(np.asarray(log_mu, np.float64))
     return float(np.sum(mu * np.exp(n * np.log1p(-np.minimum(mu, 1.0 - 1e-16)))))
+
+
+# ---- the variance instance ---------------------------------------------------------------------
+
+
+def pivotal_task(
+    H: int,
+    k: int,
+    b: float = 0.5,
+    q: float = 1 / 256,
+    B_rare: float = 3.0,
+    theta_rare: float = 0.9,
+    seed: int = 0,
+) -> AutoregressiveLinear:
+    """The module docstring's variance instance: X = 2 prompts, d = k + 1, Θ = ℓ2 unit ball, B =
+    max(b, B_rare).
+
+    F (2, H, 1, 2, d): ϕ(x, h, v) = b·(2v − 1)·e_h for h < k (both prompts);
+    ϕ(1, h, v) = B_rare·s_h·(2v − 1)·e_k for h ≥ k with favoured signs s_h = ±1 (seeded by
+    `seed`, prefix-consistent in H: the instance at H is the length-H prefix of the one at
+    H' > H with the same k); ϕ(0, h, ·) = 0 for h ≥ k. θ⋆ = theta_rare·e_k; µ = (1 − q, q)."""
+    H = check_int("H", H, 1)
+    k = check_int("k", k, 1, H)
+    b = check_float("b", b, 0.0, low_open=True)
+    q = check_float("q", q, 0.0, 1.0, low_open=True, high_open=True)
+    B_rare = check_float("B_rare", B_rare, 0.0, low_open=True)
+    theta_rare = check_float("theta_rare", theta_rare, 0.0, 1.0)
+    seed = check_int("seed", seed, 0)
+    pm = np.array([-1.0, 1.0])  # token 0 ↔ −1, token 1 ↔ +1
+    s = np.where(np.random.default_rng(seed).random(H) < 0.5, -1.0, 1.0)
+    F = np.zeros((2, H, 1, 2, k + 1))
+    for h in range(k):
+        F[:, h, 0, :, h] = b * pm
+    for h in range(k, H):
+        F[1, h, 0, :, k] = B_rare * s[h] * pm
+    theta = np.zeros(k + 1)
+    theta[k] = theta_rare
+    return AutoregressiveLinear.create(
+        F, theta, H, mu=[1.0 - q, q], B=max(b, B_rare), R=1.0, ball="l2"
+    )
+
