@@ -55,6 +55,9 @@ def _register_builtin_tasks() -> None:
         "rare_prompts": (lambda key, **p: paper.rare_prompts_task(**p),
                          paper.rare_prompts_task, ()),
         "pivotal": (lambda key, **p: paper.pivotal_task(**p), paper.pivotal_task, ()),
+        "heterogeneous_mixture": (lambda key, **p: paper.heterogeneous_mixture_task(**p),
+                                  paper.heterogeneous_mixture_task, ()),
+        "prop_g2": (lambda key, **p: paper.prop_g2_instance(**p), paper.prop_g2_instance, ()),
     }
     for name, (factory, ctor, skip) in builtin.items():
         ps = registry.signature_params(ctor, skip)

@@ -92,16 +92,24 @@ def project(radius, ball: str = "l2") -> optax.GradientTransformation:
 # ---- the optimizers ------------------------------------------------------------------------
 
 
+def _hyper(name: str, value, low: float, *, low_open: bool = True):
+    """A step-size hyperparameter: checked ≥ / > low when concrete; a tracer (a grid vmapped
+    over, as the §5 studies do) passes unchecked and stays traced."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    return check_float(name, value, low, None, low_open=low_open)
+
+
 def sgd(eta) -> optax.GradientTransformation:
-    """Plain SGD on the loss: u = −η g (= +η ∇ log π, Eq. 8). `eta` > 0."""
-    eta = check_float("eta", eta, 0.0, None, low_open=True)
+    """Plain SGD on the loss: u = −η g (= +η ∇ log π, Eq. 8). `eta` > 0 (may be traced)."""
+    eta = _hyper("eta", eta, 0.0)
     return optax.sgd(eta)
 
 
 def adam(lr, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8) -> optax.GradientTransformation:
     """Adam (AdamW with decoupled decay when weight_decay > 0); defaults are optax's (the paper
     states none)."""
-    lr = check_float("lr", lr, 0.0, None, low_open=True)
+    lr = _hyper("lr", lr, 0.0)
     weight_decay = check_float("weight_decay", weight_decay, 0.0)
     b1 = check_float("b1", b1, 0.0, 1.0, high_open=True)
     b2 = check_float("b2", b2, 0.0, 1.0, high_open=True)
@@ -114,9 +122,10 @@ def adam(lr, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8) -> optax.GradientTran
 def normalized_sgd(eta, lam) -> optax.GradientTransformation:
     """Normalized mini-batch SGD, Eq. 17: u = −η g / (λ + ‖g‖), ‖g‖ the global norm.
 
-    With g = −ĝ this is θ + η ĝ/(λ + ‖ĝ‖). λ ≥ 0; at λ = 0 a zero gradient gives u = 0."""
-    eta = check_float("eta", eta, 0.0, None, low_open=True)
-    lam = check_float("lam", lam, 0.0)
+    With g = −ĝ this is θ + η ĝ/(λ + ‖ĝ‖). λ ≥ 0; at λ = 0 a zero gradient gives u = 0.
+    η and λ may be traced (checked when concrete)."""
+    eta = _hyper("eta", eta, 0.0)
+    lam = _hyper("lam", lam, 0.0, low_open=False)
 
     def update_fn(updates, state, params=None):
         del params
@@ -128,8 +137,8 @@ def normalized_sgd(eta, lam) -> optax.GradientTransformation:
 
 
 def sign_sgd(eta) -> optax.GradientTransformation:
-    """SignSGD, Eq. 20: u = −η sign(g) per coordinate (= θ + η sign(ĝ))."""
-    eta = check_float("eta", eta, 0.0, None, low_open=True)
+    """SignSGD, Eq. 20: u = −η sign(g) per coordinate (= θ + η sign(ĝ)); η may be traced."""
+    eta = _hyper("eta", eta, 0.0)
 
     def update_fn(updates, state, params=None):
         del params

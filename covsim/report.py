@@ -48,7 +48,8 @@ def report_row(claim, verdict, figs, profile: str, report: Path) -> str:
         rel = os.path.relpath(f, report_dir)
         links.append(f"[{f.name}]({rel})")
     note = f" ({verdict.note})" if verdict.note else ""
-    tag = "**PASS**" if verdict.passed else "**FAIL**"
+    tag = ("**REPORT**" if verdict.passed is None else "**PASS**" if verdict.passed
+           else "**FAIL**")
     date = dt.date.today().isoformat()
     cells = [
         f"`{claim.name}`",

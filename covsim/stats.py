@@ -115,6 +115,88 @@ def mean_slope(df, x: str, y: str, boot: int = 1000) -> tuple[float, float, np.n
     return float(log_log_slopes(xs, means)), sd, means
 
 
+def bootstrap_ci(v, stat=np.mean, boot: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """stat(v) and its percentile-bootstrap interval at `level` (v resampled with replacement):
+    (point, lo, hi)."""
+    v = np.asarray(v, float)
+    rng = np.random.default_rng(seed)
+    b = stat(v[rng.integers(0, len(v), (boot, len(v)))], axis=1)
+    q = 100 * (1 - level) / 2
+    lo, hi = np.percentile(b, [q, 100 - q])
+    return float(stat(v)), float(lo), float(hi)
+
+
+def loglog_slope_ci(xs, per_x, stat=np.mean, boot: int = 2000, level: float = 0.95,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """Least-squares slope of log stat(per_x[i]) on log xs[i] and its percentile-bootstrap
+    interval, the samples resampled independently within each x (independent seeds per x):
+    (slope, lo, hi). Bootstrap draws with a statistic ≤ 0 are dropped; NaN if none is left."""
+    rng = np.random.default_rng(seed)
+    point = np.array([stat(np.asarray(v, float)) for v in per_x])
+    b = np.stack([stat(np.asarray(v, float)[rng.integers(0, len(v), (boot, len(v)))], axis=1)
+                  for v in per_x], axis=1)  # (boot, len(xs))
+    ok = np.all(b > 0, axis=1)
+    slopes = log_log_slopes(xs, b[ok]) if ok.any() else np.array([math.nan])
+    q = 100 * (1 - level) / 2
+    lo, hi = np.percentile(slopes, [q, 100 - q])
+    slope = float(log_log_slopes(xs, point)) if np.all(point > 0) else math.nan
+    return slope, float(lo), float(hi)
+
+
+def nonfinite_as_worst(df: pd.DataFrame, cols: list[str], flag: str = "finite",
+                       worst: float = 1.0) -> pd.DataFrame:
+    """df with `cols` set to `worst` on rows whose `flag` column is false (a run that went
+    non-finite), so that such a run can neither be picked as a best setting nor flatter a mean."""
+    if flag not in df:
+        return df
+    bad = ~df[flag].astype(bool)
+    return df.assign(**{c: df[c].where(~bad, worst) for c in cols})
+
+
+def mean_curve(xs, per_x, boot: int = 2000) -> dict[str, Any]:
+    """Per x: the mean of per_x[i] (independent samples, e.g. seeds) with its 95% bootstrap
+    interval, and the log-log slope of the means on x with its interval: {"x", "mean", "lo",
+    "hi", "slope", "slope_lo", "slope_hi", "per_x"}."""
+    per = [np.asarray(v, float) for v in per_x]
+    cis = np.array([bootstrap_ci(v, np.mean, boot) for v in per])
+    slope, lo, hi = loglog_slope_ci(list(xs), per, np.mean, boot)
+    return {"x": list(xs), "mean": cis[:, 0], "lo": cis[:, 1], "hi": cis[:, 2], "slope": slope,
+            "slope_lo": lo, "slope_hi": hi, "per_x": per}
+
+
+def horizon_separation(base: dict, treat: dict, bound_slope: float) -> dict[str, bool]:
+    """The §5–6 comparison of two `mean_curve`s along H (the same H grid, 95% intervals): a
+    baseline whose coverage grows with H against a treatment that an upper bound says may grow
+    at most like x^bound_slope. {"grows": the baseline's slope interval lies above 0 and its
+    intervals at the smallest and largest x are disjoint; "slower": the treatment's slope
+    interval lies below the baseline's; "below_at_largest": at the largest x the treatment's
+    interval lies below the baseline's; "within_bound_shape": the upper end of the treatment's
+    slope interval is ≤ bound_slope}."""
+    return {
+        "grows": bool(base["slope_lo"] > 0 and base["hi"][0] < base["lo"][-1]),
+        "slower": bool(treat["slope_hi"] < base["slope_lo"]),
+        "below_at_largest": bool(treat["hi"][-1] < base["lo"][-1]),
+        "within_bound_shape": bool(treat["slope_hi"] <= bound_slope),
+    }
+
+
+def argmin_mean_by(df: pd.DataFrame, by: str, keys: list[str], col: str) -> dict[Any, tuple]:
+    """For each value of `by`: the `keys` tuple whose rows have the smallest mean `col` (e.g.
+    the best step size per H on tuning seeds)."""
+    m = df.groupby([by, *keys])[col].mean()
+    return {b: tuple(g.droplevel(0).idxmin()) if len(keys) > 1 else (g.droplevel(0).idxmin(),)
+            for b, g in m.groupby(level=0)}
+
+
+def argmin_worst(df: pd.DataFrame, by: str, keys: list[str], col: str) -> tuple:
+    """The `keys` tuple whose worst (largest) mean `col` over the values of `by` is smallest:
+    one setting for every `by` (a minimax pick)."""
+    worst = df.groupby([*keys, by])[col].mean().groupby(level=list(range(len(keys)))).max()
+    best = worst.idxmin()
+    return tuple(best) if isinstance(best, tuple) else (best,)
+
+
 # ---- ranks -------------------------------------------------------------------------------------
 
 

@@ -30,14 +30,14 @@ class Verdict:
     """The outcome of one claim's check."""
 
     claim: str
-    passed: bool
+    passed: bool | None  # None: a "report" claim, numbers without a PASS/FAIL
     statistic: str  # what was measured, with numbers, e.g. "KL slope 0.10/H, R² 0.99"
     threshold: str  # what it was compared to, e.g. "R² ≥ 0.9 and slope > 0"
     numbers: dict[str, Any] = dataclasses.field(default_factory=dict)  # for REPRODUCTION.md
     note: str = ""  # caveats (e.g. "quick profile too small to show X")
 
     def line(self) -> str:
-        tag = "PASS" if self.passed else "FAIL"
+        tag = "REPORT" if self.passed is None else "PASS" if self.passed else "FAIL"
         note = f" [{self.note}]" if self.note else ""
         return f"{tag} {self.claim}: {self.statistic} (threshold: {self.threshold}){note}"
 
@@ -49,7 +49,9 @@ class Verdict:
 #:   identity check  an inequality true for every pair of distributions, or a closed form:
 #:                   PASS validates covsim's code, not the paper
 #:   erratum         a statement whose printed form does not follow; the corrected one is tested
-KINDS = ("reproduction", "theorem shape", "identity check", "erratum")
+#:   report          a conjecture or a design question the paper leaves open: numbers are
+#:                   measured and reported, with no PASS/FAIL (the verdict's passed is None)
+KINDS = ("reproduction", "theorem shape", "identity check", "erratum", "report")
 
 
 @dataclasses.dataclass(frozen=True)

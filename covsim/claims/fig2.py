@@ -45,8 +45,7 @@ from covsim.stats import (
     flatness_tolerance,
     length_stats,
     linear_fit,
-    log_log_slopes,
-    loglog_fit,
+    loglog_slope_ci,
     per_class_arrays,
     per_class_medians,
     wilson_half_width,
@@ -76,15 +75,7 @@ COV_REL_FLOOR = 0.10
 def exponent_interval(Hs: list[int], per_seed: list[np.ndarray]) -> tuple[float, float, float]:
     """Log-log exponent of the per-H medians of `per_seed[i]` (the final KL of H = Hs[i]'s
     seeds) and its 95% percentile-bootstrap interval, seeds resampled within each H."""
-    med = np.array([np.nanmedian(v) for v in per_seed])
-    expo = loglog_fit(Hs, med)[0]
-    rng = np.random.default_rng(0)
-    boot = np.stack([np.nanmedian(v[rng.integers(0, len(v), (BOOT, len(v)))], axis=1)
-                     for v in per_seed], axis=1)  # (BOOT, len(Hs))
-    ok = np.all(boot > 0, axis=1)
-    slopes = log_log_slopes(Hs, boot[ok]) if ok.any() else np.array([math.nan])
-    lo, hi = np.percentile(slopes, [2.5, 97.5])
-    return float(expo), float(lo), float(hi)
+    return loglog_slope_ci(Hs, per_seed, np.nanmedian, BOOT)
 
 
 def stratified_finals(d: Path, Hs: list[int], m: int, alpha: float) -> dict | None:

@@ -14,6 +14,8 @@ matplotlib or pandas.
     bernoulli_closed_form  covsim.runners.closed_form  Bernoulli case study, closed-form scores
     sample_size_mle, prop_3_2_mle, variance_mle, mle
                        covsim.runners.exact_mle    exact MLE fits, exact or sampled scores
+    one_pass           covsim.runners.sgd          one-pass SGD variants, scored exactly by counts
+    misspecified_selection  covsim.runners.selection  MLE vs tournaments on a candidate class
 """
 
 from __future__ import annotations
@@ -21,6 +23,6 @@ from __future__ import annotations
 from covsim.runners.registry import RUNNERS, Runner, cell_keys, register_runner, run_cell
 
 # the explicit registry: every runner module, imported for its @register_runner functions
-from covsim.runners import closed_form, exact_mle, tabular, train  # noqa: E402, F401  (isort: skip)
+from covsim.runners import closed_form, exact_mle, selection, sgd, tabular, train  # noqa: E402, F401  (isort: skip)
 
 __all__ = ["RUNNERS", "Runner", "cell_keys", "register_runner", "run_cell"]

@@ -183,6 +183,16 @@ class AutoregressiveLinear(Task):
         """(n, H, V): the teacher log π_{θ⋆}(· | x, y_{<h})."""
         return self.next_token_log_probs_theta(self.theta, prompts, responses)
 
+    def position_free_log_probs(self, theta: Array) -> Array:
+        """(X, V): log π_θ(v | x), for a feature map that ignores the position and the previous
+        token (F.shape[1:3] == (1, 1)): tokens are then i.i.d. given the prompt."""
+        if self.F.shape[1:3] != (1, 1):
+            raise ValueError(
+                "argument task must have features independent of the position and the previous "
+                f"token (F.shape[1:3] == (1, 1)), got F.shape = {tuple(self.F.shape)}"
+            )
+        return jax.nn.log_softmax(self.F[:, 0, 0] @ theta, axis=-1)
+
     # ---- sampling -------------------------------------------------------------------
     @partial(jax.jit, static_argnums=2)
     def sample(self, key: Array, n: int) -> tuple[Array, Array]:
@@ -499,3 +509,52 @@ def _sum_distribution(p: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndar
         logw = np.add.outer(logw, lw).ravel()
     return r, logw
 
+
+# ---- exact scores by token counts (features independent of position and previous token) -----
+
+
+def multinomial_table(H: int, V: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every count vector of H tokens over V values and its log multinomial coefficient:
+    (counts (C, V) float64, log_coef (C,)), C = binom(H + V − 1, V − 1) (2145 at H = 64, V = 3).
+
+    When ϕ depends only on (x, y_h), a response's likelihood under any π_θ depends only on its
+    token counts, so sums over V^H responses become sums over these C vectors."""
+    H = check_int("H", H, 0)
+    V = check_int("V", V, 1)
+    rows = []
+
+    def rec(prefix, left, slots):
+        if slots == 1:
+            rows.append((*prefix, left))
+            return
+        for c in range(left + 1):
+            rec((*prefix, c), left - c, slots - 1)
+
+    rec((), H, V)
+    counts = np.asarray(rows, np.float64)
+    log_coef = math.lgamma(H + 1) - np.sum([[math.lgamma(c + 1) for c in r] for r in rows], 1)
+    return counts, np.asarray(log_coef, np.float64)
+
+
+def count_scores(lp: Array, lq: Array, log_mu: Array, counts: Array, log_coef: Array,
+                 log_N: Array) -> tuple[Array, Array]:
+    """Exact sequence KL(π ‖ π̂) and Cov_N(π ‖ π̂) for i.i.d. tokens given the prompt: (scalar,
+    log_N's shape). Pure jnp (jit/vmap inside a training scan).
+
+    lp, lq (X, V): log π(v | x), log π̂(v | x) at every position; log_mu (X,);
+    counts (C, V), log_coef (C,) from `multinomial_table(H, V)`; log_N (k,) thresholds.
+    KL = Σ_x µ_x H Σ_v p (log p − log q); Cov_N = Σ_x µ_x Σ_c P(c | x)·1[c·(lp − lq) ≥ log N]
+    (ties within TIE_ATOL count as ≥). A token with p = 0 never occurs and adds nothing."""
+    p = jnp.exp(lp)
+    a = jnp.where(p > 0, lp - lq, 0.0)  # (X, V) per-token log-ratio
+    H = jnp.sum(counts[0])
+    mu = jnp.exp(log_mu)
+    kl = jnp.sum(jnp.where(mu > 0, mu * H * jnp.sum(jnp.where(p > 0, p * a, 0.0), -1), 0.0))
+    safe_lp = jnp.where(p > 0, lp, 0.0)
+    logw = log_coef[None] + jnp.einsum("cv,xv->xc", counts, safe_lp)
+    impossible = jnp.einsum("cv,xv->xc", counts, (p <= 0).astype(counts.dtype)) > 0
+    w = jnp.where(impossible, 0.0, jnp.exp(logw))  # (X, C)
+    r = jnp.einsum("cv,xv->xc", counts, a)
+    hit = r[..., None] >= log_N - TIE_ATOL  # (X, C, k)
+    cov = jnp.einsum("x,xc,xck->k", mu, w, hit.astype(w.dtype))
+    return kl, cov

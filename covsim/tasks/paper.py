@@ -6,6 +6,8 @@ the graph tasks of `covsim.tasks.graph`).
                                            term of Thm 4.1 / Cor 4.2 in force, σ⋆² fixed in H
     pivotal_task(H, k, ...)                the variance instance: Thm 4.2's √(σ⋆²/(n log N))
                                            term in force, σ⋆² set by k and fixed in H
+    heterogeneous_mixture_task(H, ...)     the §5 instance: plain SGD's coverage grows with H
+    prop_g2_instance(alpha, log_M)         Prop. G.2's misspecified two-candidate class
 
 `rare_prompts_task` is an AR linear model built so that the *coarse* term of Thm 4.1 /
 Cor 4.2, ≍ d/n, is the one in force:
@@ -50,6 +52,7 @@ the fit; the theorem says it may not make Cov_N grow.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -153,3 +156,86 @@ def pivotal_task(
         F, theta, H, mu=[1.0 - q, q], B=max(b, B_rare), R=1.0, ball="l2"
     )
 
+
+# ---- the §5 instance: a stiff frequent prompt and a soft, saturating rare one -----------------
+
+
+def heterogeneous_mixture_task(
+    H: int,
+    B_A: float = 48.0,
+    b_R: float = 6.0,
+    p_A: float = 0.9,
+    theta_star: tuple[float, float, float] = (0.85, 0.5, 0.0),
+) -> AutoregressiveLinear:
+    """A fixed two-prompt AR linear instance on which plain SGD's coverage depends on H and
+    normalized SGD's need not (Prop. 5.1 vs Thm 5.1 of arXiv 2510.15020v2).
+
+    V = {−1, 0, +1} (token indices 0, 1, 2), d = 3, ϕ(x, y_{1:h}) = Φ[x, y_h] (i.i.d. tokens
+    given the prompt), Θ = ℓ2 unit ball, B = B_A:
+
+    * prompt A (mass p_A) is stiff and nearly deterministic, the geometry of the step-size lower
+      bound (App. K.4): Φ[A, 0] = B_A·(0, 1, 0), Φ[A, ±1] = B_A·(0, ½, ±√¾). Its gradient scale
+      is ∝ H·B_A, so a constant step must be η ≲ 1/(H·B_A) or the iterate oscillates;
+    * prompt R (mass 1 − p_A) is soft and saturating: Φ[R, ±1] = ±b_R·e₁, Φ[R, 0] = 0. With
+      θ⋆ = (0.85, 0.5, 0) its per-token error ε makes R uncovered once H·ε ≳ log N, while its
+      gradient is ∝ H·ε: at η ∝ 1/H it needs ∝ H visits, so the time-averaged Cov_N of plain SGD
+      grows with H. Normalized steps do not shrink with H.
+    θ⋆ gives A's mode (token 0) a logit margin B_A·(1 − ½)·0.5 = 12 and R ≈ 0.994 on +1."""
+    H = check_int("H", H, 1)
+    B_A = check_float("B_A", B_A, 0.0, low_open=True)
+    b_R = check_float("b_R", b_R, 0.0, low_open=True)
+    p_A = check_float("p_A", p_A, 0.0, 1.0, low_open=True, high_open=True)
+    theta = np.asarray(theta_star, np.float64)
+    if theta.shape != (3,):
+        raise ValueError(f"argument theta_star must have 3 entries, got {list(theta_star)}")
+    r3 = math.sqrt(0.75)
+    F = np.zeros((2, 1, 1, 3, 3))
+    F[0, 0, 0] = B_A * np.array([[0.0, 0.5, -r3], [0.0, 1.0, 0.0], [0.0, 0.5, r3]])
+    F[1, 0, 0] = b_R * np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    return AutoregressiveLinear.create(F, theta, H, mu=[p_A, 1.0 - p_A], B=B_A, R=1.0,
+                                       ball="l2")
+
+
+# ---- Prop. G.2's misspecified two-candidate class ------------------------------------------
+
+
+class CandidateSet(NamedTuple):
+    """A one-token ground truth with a finite candidate class, as log-prob tables.
+
+    log_mu (X,): the prompt law; log_p (X, V): log π_D(y | x); log_cands (K, X, V): log π_k."""
+
+    log_mu: np.ndarray
+    log_p: np.ndarray
+    log_cands: np.ndarray
+
+    def sample(self, rng: np.random.Generator, n: int):
+        """n i.i.d. (x, y) from π_D: (x (n,), y (n,)) int arrays."""
+        x = rng.choice(len(self.log_mu), size=n, p=np.exp(self.log_mu))
+        return x, self.sample_given(rng, x, None)
+
+    def sample_given(self, rng: np.random.Generator, x: np.ndarray, k: int | None):
+        """y ~ π_D(·|x) (k None) or ~ π_k(·|x) for each prompt of x: (len(x),) ints."""
+        table = np.exp(self.log_p if k is None else self.log_cands[k])
+        u = rng.random(len(x))
+        return (u[:, None] >= np.cumsum(table[x], axis=1)[:, :-1]).sum(1)
+
+    def coverage(self, k: int, N: float) -> float:
+        """Exact Cov_N(π_D ‖ π_k) = Σ_{x,y} µ(x) π_D(y|x) 1[log π_D − log π_k ≥ log N]."""
+        p = np.exp(self.log_mu)[:, None] * np.exp(self.log_p)
+        return float(np.sum(p * (self.log_p - self.log_cands[k] >= math.log(N) - 1e-12)))
+
+
+def prop_g2_instance(alpha: float = 1.0, log_M: float = 8.0) -> CandidateSet:
+    """The instance of Prop. G.2 (App. E of arXiv 2510.15020v2): X = {+, −} (indices 0, 1),
+    Y = {0, 1}, π_D(·|±) = Ber(½), P(−) = p = α²/(32 log M); Π = {π_1, π_2} with
+    π_1(·|+) = Ber(1/(2e^α)), π_1(·|−) = Ber(½) (|log π_D − log π_1| ≤ α, so Cov_N(π_1) = 0 for
+    N > e^α) and π_2(·|+) = Ber(½), π_2(·|−) = Ber(1/(2M)) (Cov_N(π_2) = p/2 for N ≤ M). The
+    MLE prefers π_2 (it fits the frequent prompt exactly) with probability ≥ ¼ at every n."""
+    alpha = check_float("alpha", alpha, 0.0, 1.0, low_open=True)
+    log_M = check_float("log_M", log_M, alpha, low_open=True)
+    p = alpha**2 / (32 * log_M)
+    half = np.log([0.5, 0.5])
+    ber = lambda q: np.log([1.0 - q, q])  # noqa: E731  P(y = 1) = q
+    log_cands = np.stack([np.stack([ber(0.5 * math.exp(-alpha)), half]),
+                          np.stack([half, ber(0.5 * math.exp(-log_M))])])
+    return CandidateSet(np.log([1.0 - p, p]), np.stack([half, half]), log_cands)
