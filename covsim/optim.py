@@ -11,7 +11,8 @@ updates in optax's convention (θ_new = θ + u, via `optax.apply_updates`).
     project          u ↦ Proj_Θ(θ + u) − θ             Proj_Θ of Eqs. 14/17/21; chain it last
 
 Token-level SGD (Eq. 21, §6.1) is not a transform of a batch gradient but a scan over
-the tokens of one sequence: `token_level_sgd_epoch`. The truncated distillation gradient
+the tokens of one sequence: `token_level_sgd_epoch`; the TTT sampler (Eqs. 22–23) draws with
+`ttt_sample` and scores teacher-forced with `ttt_log_prob`. The truncated distillation gradient
 (Eqs. 24–25, §6.2) is a loss whose gradient is −ĝ: `truncated_distillation_loss`.
 
 Step sizes from the proofs: `theory_step_size`. Building from a config dict: `make_optimizer`.
@@ -370,6 +371,30 @@ def token_level_sgd_epoch(
 def ttt_log_prob(logp_next, theta, response, eta, proj=None) -> Array:
     """log π^TTT_θ(y | x): the sum (one `jnp.sum`) of `token_level_sgd_epoch`'s log-probs."""
     return jnp.sum(token_level_sgd_epoch(logp_next, theta, response, eta, proj)[1])
+
+
+def ttt_sample(logp_next, theta, key: Array, H: int, eta, proj=None) -> tuple[Array, Array]:
+    """Draw one response from the TTT sampler π^TTT_θ (Eqs. 22–23): y_h ~ π_{ϑ_{h−1}}(·| x,
+    y_{<h}), then ϑ_h = proj(ϑ_{h−1} + η ∇ log π_{ϑ_{h−1}}(y_h | x, y_{<h})), ϑ_0 = θ.
+
+    logp_next(theta, h, prefix) -> (V,): log π_θ(· | x, y_{<h}) given the response so far
+    (prefix (H,), entries ≥ h not yet drawn, zeros). Returns (y (H,), log π^TTT_θ(y|x)
+    recorded while sampling) — what `ttt_log_prob` must give back teacher-forced."""
+    proj = (lambda t: t) if proj is None else proj
+
+    def step(carry, kh):
+        th, y = carry
+        k, h = kh
+        lp_fn = lambda t: logp_next(t, h, y)  # noqa: E731
+        lp = lp_fn(th)
+        yh = jax.random.categorical(k, lp)
+        g = jax.grad(lambda t: lp_fn(t)[yh])(th)
+        th = proj(jax.tree.map(lambda a, b: a + eta * b, th, g))
+        return (th, y.at[h].set(yh)), lp[yh]
+
+    init = (theta, jnp.zeros((H,), jnp.int32))
+    (_, y), lps = lax.scan(step, init, (jax.random.split(key, H), jnp.arange(H)))
+    return y, jnp.sum(lps)
 
 
 def linear_logp_next(task, prompt: Array, response: Array) -> Callable[[Array, Array], Array]:

@@ -23,9 +23,9 @@ start with `TMP_PREFIX`.
 JSON has no inf/nan: they are written as the strings "inf", "-inf", "nan" and read back as
 floats (so those three strings are reserved: a string value "inf" reads back as a float).
 Mapping keys are strings in JSON; keys of the N-keyed mappings (`N_KEYED`: cov, cov_lo, cov_hi,
-cov_final, pass_at) are written as numbers ("16", "5.7") and read back as int (if integral) or
-float. Readers flatten them to columns "cov@16", "cov_lo@16", "cov_final@16", "pass@4"; other
-mappings to "name.key".
+cov_final, cov_ttt, pass_at) are written as numbers ("16", "5.7") and read back as int (if
+integral) or float. Readers flatten them to columns "cov@16", "cov_lo@16", "cov_final@16",
+"pass@4"; other mappings to "name.key".
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ EVENTS = "events.jsonl"  # a sweep's append-only log of finished cells since man
 FINISHED = ("done", "diverged")  # manifest statuses of cells whose run directory is current
 # Mappings keyed by a threshold N (train's records: cov with its interval, pass_at) -> column prefix
 N_KEYED = {"cov": "cov@", "cov_lo": "cov_lo@", "cov_hi": "cov_hi@", "cov_final": "cov_final@",
-           "pass_at": "pass@"}
+           "cov_ttt": "cov_ttt@", "pass_at": "pass@"}
 _NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
 
 

@@ -171,13 +171,16 @@ def horizon_separation(base: dict, treat: dict, bound_slope: float) -> dict[str,
     at most like x^bound_slope. {"grows": the baseline's slope interval lies above 0 and its
     intervals at the smallest and largest x are disjoint; "slower": the treatment's slope
     interval lies below the baseline's; "below_at_largest": at the largest x the treatment's
-    interval lies below the baseline's; "within_bound_shape": the upper end of the treatment's
-    slope interval is ≤ bound_slope}."""
+    interval lies below the baseline's; "within_bound_shape": the lower end of the treatment's
+    slope interval is ≤ bound_slope, i.e. it does not grow significantly faster than the bound
+    allows}. (An upper bound of slope bound_slope admits growth at exactly that slope: asking
+    the whole interval to lie below it would fail a curve that matches the bound; the power
+    against a horizon effect comes from "slower" and "below_at_largest".)"""
     return {
         "grows": bool(base["slope_lo"] > 0 and base["hi"][0] < base["lo"][-1]),
         "slower": bool(treat["slope_hi"] < base["slope_lo"]),
         "below_at_largest": bool(treat["hi"][-1] < base["lo"][-1]),
-        "within_bound_shape": bool(treat["slope_hi"] <= bound_slope),
+        "within_bound_shape": bool(treat["slope_lo"] <= bound_slope),
     }
 
 

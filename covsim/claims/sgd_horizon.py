@@ -24,8 +24,9 @@ resampled independently per H, BOOT draws): plain SGD's time-averaged Cov_N grow
 its log-log slope interval lies above 0 and its intervals at the smallest and largest H do not
 overlap; normalized SGD's grows far slower — its slope interval lies below plain SGD's, and at
 the largest H its interval lies below plain SGD's — and within the shape of Thm 5.1's bound,
-which depends on H only through √σ⋆² (σ⋆² ∝ H on this instance): the upper end of its slope
-interval is at most the slope of √σ⋆² in H.
+which depends on H only through √σ⋆² (σ⋆² ∝ H on this instance): the lower end of its slope
+interval is at most the slope of √σ⋆² in H (it does not grow significantly faster than the
+bound allows; `stats.horizon_separation`).
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def check(dirs: Dirs) -> Verdict:
     thr = (
         "95% bootstrap intervals over the reported seeds: plain SGD's slope interval > 0 and its "
         f"H = {Hs[0]} and H = {Hs[-1]} intervals disjoint; normalized SGD's slope interval below "
-        f"plain SGD's and its H = {Hs[-1]} interval below plain SGD's, its upper end ≤ the slope "
+        f"plain SGD's and its H = {Hs[-1]} interval below plain SGD's, its lower end ≤ the slope "
         f"of √σ⋆² in H ({bound_slope:.2f}: Thm 5.1's bound grows only through σ⋆²); plain SGD's "
         f"best step interior to the grid η·H·B ∈ [{grid[0]:g}, {grid[-1]:g}]"
     )

@@ -16,6 +16,7 @@ matplotlib or pandas.
                        covsim.runners.exact_mle    exact MLE fits, exact or sampled scores
     one_pass           covsim.runners.sgd          one-pass SGD variants, scored exactly by counts
     misspecified_selection  covsim.runners.selection  MLE vs tournaments on a candidate class
+    ttt                covsim.runners.ttt          token-level SGD, decoded ancestrally and by TTT
 """
 
 from __future__ import annotations
@@ -23,6 +24,6 @@ from __future__ import annotations
 from covsim.runners.registry import RUNNERS, Runner, cell_keys, register_runner, run_cell
 
 # the explicit registry: every runner module, imported for its @register_runner functions
-from covsim.runners import closed_form, exact_mle, selection, sgd, tabular, train  # noqa: E402, F401  (isort: skip)
+from covsim.runners import closed_form, exact_mle, selection, sgd, tabular, train, ttt  # noqa: E402, F401  (isort: skip)
 
 __all__ = ["RUNNERS", "Runner", "cell_keys", "register_runner", "run_cell"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,8 @@ from covsim.results import RunResult
 from covsim.runners.registry import RunnerSpec, register_runner, runner_params
 from covsim.sweep import Cell
 from covsim.tasks.linear import count_scores, multinomial_table
+
+Array = jax.Array
 
 #: fold_in offset of the tune seeds' streams (tune seed −i uses TUNE_STREAM + i)
 TUNE_STREAM = 1 << 20
@@ -159,6 +162,59 @@ def one_pass_settings(
     traj_points   iterates kept per run for trajectory plots"""
 
 
+class StudyInputs(NamedTuple):
+    """What a one-pass study's cell needs, validated from its config (`study_inputs`)."""
+
+    task: Any
+    method: str
+    etas: list[float]      # the method's eta_grid, as given (in the method's units)
+    Ns: list[float]
+    theta0: Array          # (d,)
+    Phi: Array             # (X, V, d) the features
+    log_p: Array           # (X, V) log π_D(v | x)
+    counts: Array          # (C, V) the count table of H tokens
+    log_coef: Array        # (C,)
+    log_N: Array           # (k,)
+    roles: list[tuple[str, int]]  # ("tune", −1), ..., ("eval", seed), ...
+    keys: Array            # one PRNG key per role
+
+
+def study_inputs(cfg: Config, cell: Cell, runner: str, methods: tuple[str, ...]) -> StudyInputs:
+    """Validate a one-pass study's [runner] (method, eta_grid, Ns, tune_seeds, theta0) and
+    task (AR linear, features of (x, y_h) only, Θ the ℓ2 unit ball), and build the shared
+    arrays. The cell's seeds are reported; the tune seeds (ids −1, −2, ...) are streams folded
+    off the first seed's key, independent of every reported seed's stream."""
+    rp = runner_params(cfg)
+    method = rp["method"]
+    if method not in methods:
+        raise ValueError(f"runner.method: must be one of {list(methods)}, got {method!r}")
+    task = build_task(cfg)
+    if not hasattr(task, "position_free_log_probs") or task.F.shape[1:3] != (1, 1):
+        raise ValueError(f"task.kind: runner '{runner}' needs an AR linear task with "
+                         f"features of (x, y_h) only; {cfg.task.kind!r} is not one")
+    if task.ball != "l2" or task.R != 1.0:
+        raise ValueError(f"task: runner '{runner}' projects onto the ℓ2 unit ball; the task's "
+                         f"Θ is the {task.ball} ball of radius {task.R}")
+    given = (rp["eta_grid"] or {}).get(method)
+    if not isinstance(given, list) or not given or min(float(e) for e in given) <= 0:
+        raise ValueError(f"runner.eta_grid.{method}: must be a non-empty list of positive steps, "
+                         f"got {given!r}")
+    Ns = [float(N) for N in (rp["Ns"] or [4.0])]
+    tune = check_int("runner.tune_seeds", rp["tune_seeds"], 0)
+    theta0 = jnp.asarray(rp["theta0"] if rp["theta0"] is not None else np.zeros(task.d),
+                         jnp.float32)
+    if theta0.shape != (task.d,):
+        raise ValueError(f"runner.theta0: must have d = {task.d} entries, got {theta0.shape}")
+    counts, log_coef = (jnp.asarray(a, jnp.float32) for a in multinomial_table(task.H, task.V))
+    roles = [("tune", -1 - i) for i in range(tune)] + [("eval", s) for s in cell.seeds]
+    base = jax.random.key(cell.rng_seed(cell.seeds[0]))
+    keys = jnp.stack([jax.random.fold_in(base, TUNE_STREAM - s) if s < 0
+                      else jax.random.key(cell.rng_seed(s)) for _, s in roles])
+    return StudyInputs(task, method, [float(e) for e in given], Ns, theta0, task.F[:, 0, 0],
+                       task.position_free_log_probs(task.theta), counts, log_coef,
+                       jnp.log(jnp.asarray(Ns, jnp.float32)), roles, keys)
+
+
 @register_runner(
     "one_pass",
     RunnerSpec(reads=("runner",), requires=("runner",)),
@@ -169,44 +225,15 @@ def run_one_pass(cfg: Config, cell: Cell) -> RunResult:
     and on the cell's seeds; one record per (setting, seed) with the time-averaged and final
     KL and Cov_N (θ_0 left out of the average) and a coarse Cov trajectory."""
     rp = runner_params(cfg)
-    method = rp["method"]
-    if method not in METHODS:
-        raise ValueError(f"runner.method: must be one of {list(METHODS)}, got {method!r}")
-    task = build_task(cfg)
-    if not hasattr(task, "position_free_log_probs") or task.F.shape[1:3] != (1, 1):
-        raise ValueError(f"task.kind: runner 'one_pass' needs an AR linear task with "
-                         f"features of (x, y_h) only; {cfg.task.kind!r} is not one")
-    if task.ball != "l2" or task.R != 1.0:
-        raise ValueError("task: runner 'one_pass' projects onto the ℓ2 unit ball; the task's "
-                         f"Θ is the {task.ball} ball of radius {task.R}")
+    inp = study_inputs(cfg, cell, "one_pass", METHODS)
+    task, method, etas, Ns, roles = inp.task, inp.method, inp.etas, inp.Ns, inp.roles
     H, B = task.H, float(task.B)
-    Ns = [float(N) for N in (rp["Ns"] or [4.0])]
-    given = (rp["eta_grid"] or {}).get(method)
-    if not isinstance(given, list) or not given or min(float(e) for e in given) <= 0:
-        raise ValueError(f"runner.eta_grid.{method}: must be a non-empty list of positive steps, "
-                         f"got {given!r}")
-    etas = [float(e) for e in given]
     lams = [float(v) for v in (rp["lam_grid"] or [1.0])] if method == "normalized_sgd" else [0.0]
     Ks = [1] if method in ONE_SEQUENCE else sorted(
         {check_int(f"runner.K_grid[{i}]", k, 1) for i, k in enumerate(rp["K_grid"] or [1])})
     n_samples = check_int("runner.n_samples", rp["n_samples"], max(Ks))
-    tune = check_int("runner.tune_seeds", rp["tune_seeds"], 0)
     distill_N = check_float("runner.distill_N", rp["distill_N"], 1.0, low_open=True)
-    theta0 = jnp.asarray(rp["theta0"] if rp["theta0"] is not None else np.zeros(task.d),
-                         jnp.float32)
-    if theta0.shape != (task.d,):
-        raise ValueError(f"runner.theta0: must have d = {task.d} entries, got {theta0.shape}")
-    Phi = task.F[:, 0, 0]
-    log_p = task.position_free_log_probs(task.theta)
-    counts, log_coef = (jnp.asarray(a, jnp.float32) for a in multinomial_table(H, task.V))
-    log_N = jnp.log(jnp.asarray(Ns, jnp.float32))
     sigma2 = float(task.sigma_star_sq())
-    # the cell's seeds are reported; the tune seeds (ids −1, −2, ...) are streams folded off
-    # the first seed's key, independent of every reported seed's stream
-    roles = [("tune", -1 - i) for i in range(tune)] + [("eval", s) for s in cell.seeds]
-    base = jax.random.key(cell.rng_seed(cell.seeds[0]))
-    keys = jnp.stack([jax.random.fold_in(base, TUNE_STREAM - s) if s < 0
-                      else jax.random.key(cell.rng_seed(s)) for _, s in roles])
     records = []
     for K in Ks:
         T = n_samples // K
@@ -223,9 +250,9 @@ def run_one_pass(cfg: Config, cell: Cell) -> RunResult:
         scale = 1.0 / (H * B) if method in PER_HB else 1.0  # eta_grid holds η·H·B there
         e_arr = jnp.asarray([g[0] * scale for g in grid], jnp.float32)
         l_arr = jnp.asarray([g[1] for g in grid], jnp.float32)
-        kl, cov, _ = _grid_runs(Phi, log_p, task.log_mu, theta0, keys, e_arr, l_arr, counts,
-                                log_coef, log_N, jnp.float32(math.log(distill_N)),
-                                method=method, K=K, T=T)
+        kl, cov, _ = _grid_runs(inp.Phi, inp.log_p, task.log_mu, inp.theta0, inp.keys, e_arr,
+                                l_arr, inp.counts, inp.log_coef, inp.log_N,
+                                jnp.float32(math.log(distill_N)), method=method, K=K, T=T)
         kl, cov = np.asarray(kl, np.float64), np.asarray(cov, np.float64)  # (G,S,T), (G,S,T,k)
         pts = np.unique(np.linspace(0, T - 1, min(rp["traj_points"], T)).round().astype(int))
         for gi, (e, v, setting) in enumerate(grid):
@@ -244,4 +271,4 @@ def run_one_pass(cfg: Config, cell: Cell) -> RunResult:
                     "finite": bool(np.all(np.isfinite(k_t))),
                 })
     return RunResult(records, {"method": method, "H": H, "sigma2": sigma2, "Ks": Ks,
-                               "tune_seeds": tune})
+                               "tune_seeds": sum(r == "tune" for r, _ in roles)})
