@@ -154,7 +154,8 @@ def _preflight(cfg: Config, one_cell: bool = False) -> None:
     for cell in expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=together):
         c = cell_config(cfg, cell)
         d = c.to_dict()
-        key = digest({k: d.get(k) for k in ("task", "model", "optim", "train", "pretrain")})
+        key = digest({k: d.get(k) for k in ("task", "model", "optim", "train", "pretrain",
+                                            "runner")})
         if key not in seen:
             seen.add(key)
             check(c, len(cell.seeds))

@@ -268,3 +268,29 @@ def test_quick_profile_end_to_end(tmp_path):
     assert report.passed is None and report.numbers["position"]["adam"]
     for name in ("sgd_horizon", "signsgd_adam", "distill_horizon"):
         assert all(f.is_file() for f in CLAIMS[name].figure(dirs, tmp_path / "fig"))
+
+
+@pytest.mark.parametrize(
+    "toml, over, message",
+    [
+        ("one_pass.toml", ["runner.method='lbfgs'"], "runner.method: must be one of ['sgd', "),
+        ("one_pass.toml", ['runner.eta_grid={sgd = []}'], "runner.eta_grid.sgd: must be a "),
+        ("one_pass.toml", ["runner.method='normalized_sgd'", "runner.K_grid=[0]"],
+         "runner.K_grid[0]: "),
+        ("ttt_horizon.toml", ["runner.checkpoints=0"], "runner.checkpoints: "),
+        ("tournament.toml", ["runner.N=0.5"], "runner.N: "),
+        ("variance.toml", ["task.panel='k'"], "task.panel: must be one of ['sigma', 'n', 'H']"),
+    ],
+)
+def test_bad_runner_settings_are_one_line_errors_before_compute(tmp_path, capsys, toml, over,
+                                                               message):
+    """The §5–6 and exact runners check a cell's settings before anything runs: exit 2, one
+    line naming the field, no traceback, nothing written."""
+    from covsim.cli import main
+
+    sets = [a for o in [*over, "sweep.axes={}"] for a in ("--set", o)]
+    out = tmp_path / "o"
+    assert main(["run", str(ROOT / "experiments" / toml), *sets, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert not out.exists()

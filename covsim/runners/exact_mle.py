@@ -30,7 +30,7 @@ from covsim.mle import fit_loglinear_mle, fit_padded_mle
 from covsim.models.loglinear import REQUIRED
 from covsim.registry import signature_params
 from covsim.results import RunResult
-from covsim.runners.registry import RunnerSpec, register_runner, runner_params
+from covsim.runners.registry import RunnerSpec, config_check, register_runner, runner_params
 from covsim.sweep import Cell
 from covsim.tasks.linear import (
     AutoregressiveLinear,
@@ -236,26 +236,9 @@ PIVOTAL_KEYS = ("b", "q", "B_rare", "theta_rare", "seed")
 VARIANCE_PANELS = ("sigma", "n", "H")
 
 
-@register_runner(
-    "variance_mle",
-    RunnerSpec(
-        reads=("train",), requires=("train",), train_keys=("n_train", "eval_samples", "Ns"),
-        train_required=("n_train", "eval_samples"),
-        task_keys=("panel", "k_grid", "n_grid", "H_grid"),
-    ),
-)
-def run_variance(cfg: Config, cell: Cell) -> RunResult:
-    """One panel of the variance study, every seed of the cell; one record per (seed, point).
-
-    The base point is (k = task.k, n = train.n_train, H = task.H); task.panel moves one axis:
-    "sigma": k over task.k_grid (σ⋆² ≈ k·b²), "n": n over task.n_grid, "H": H over
-    task.H_grid (σ⋆² fixed). Panels "n" and "H" nest their data per seed: one dataset and one
-    evaluation set drawn at the panel's largest n and H, whose first n rows / first H
-    positions are exact samples of the smaller instances (`pivotal_task` is prefix-consistent
-    in H), so trends along the axis are not confounded with sampling noise; panel "sigma"
-    draws each k afresh (the instances differ). The MLE is `fit_padded_mle` (projected FISTA
-    on the ℓ2 unit ball); KL is exact (`iid_token_kl`), Cov_N is measured on
-    train.eval_samples fresh responses with exact log-probabilities, Wilson interval per seed."""
+def _variance_points(cfg: Config):
+    """(panel, instance parameters, base k, points [(k, n, H)]) of a variance cell, validated
+    (ValueError naming the field otherwise)."""
     if cfg.task.kind != "pivotal":
         raise ValueError(
             f"task.kind: the variance runner needs 'pivotal', got {cfg.task.kind!r}"
@@ -275,6 +258,31 @@ def run_variance(cfg: Config, cell: Cell) -> RunResult:
     for k, _, H in points:
         if k > H:
             raise ValueError(f"task: k = {k} pivotal positions need H ≥ k, got H = {H}")
+    return panel, inst, k0, points
+
+
+@register_runner(
+    "variance_mle",
+    RunnerSpec(
+        reads=("train",), requires=("train",), train_keys=("n_train", "eval_samples", "Ns"),
+        train_required=("n_train", "eval_samples"),
+        task_keys=("panel", "k_grid", "n_grid", "H_grid"),
+        check=config_check(_variance_points),
+    ),
+)
+def run_variance(cfg: Config, cell: Cell) -> RunResult:
+    """One panel of the variance study, every seed of the cell; one record per (seed, point).
+
+    The base point is (k = task.k, n = train.n_train, H = task.H); task.panel moves one axis:
+    "sigma": k over task.k_grid (σ⋆² ≈ k·b²), "n": n over task.n_grid, "H": H over
+    task.H_grid (σ⋆² fixed). Panels "n" and "H" nest their data per seed: one dataset and one
+    evaluation set drawn at the panel's largest n and H, whose first n rows / first H
+    positions are exact samples of the smaller instances (`pivotal_task` is prefix-consistent
+    in H), so trends along the axis are not confounded with sampling noise; panel "sigma"
+    draws each k afresh (the instances differ). The MLE is `fit_padded_mle` (projected FISTA
+    on the ℓ2 unit ball); KL is exact (`iid_token_kl`), Cov_N is measured on
+    train.eval_samples fresh responses with exact log-probabilities, Wilson interval per seed."""
+    panel, inst, k0, points = _variance_points(cfg)
     Ns = [float(N) for N in cfg.train.Ns]
     m = cfg.train.eval_samples
     n_max = max(n for _, n, _ in points)

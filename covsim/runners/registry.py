@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,6 +57,28 @@ def register_runner(
         return fn
 
     return deco
+
+
+def config_check(validate: Callable[[Config], Any]) -> Callable[[Config, int], None]:
+    """A `RunnerSpec.check` from a runner's own validation: `validate(cell_cfg)` raises
+    ValueError (or TypeError) naming the field, as the runner would at compute time; here that
+    becomes a one-line ConfigError before anything runs."""
+    from covsim.config import ConfigError
+
+    def check(cfg: Config, n_seeds: int = 1) -> None:
+        del n_seeds
+        try:
+            validate(cfg)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as e:
+            line = str(e).splitlines()[0]
+            # covsim.checks words its errors "argument runner.N must be ..."; a config error
+            # leads with the field: "runner.N: must be ..."
+            m = re.match(r"argument (\S+) (must .*)$", line)
+            raise ConfigError(f"{m[1]}: {m[2]}" if m else line) from None
+
+    return check
 
 
 def runner_params(cfg: Config) -> dict[str, Any]:

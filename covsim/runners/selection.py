@@ -16,7 +16,7 @@ from covsim.config import Config
 from covsim.experiment import build_task
 from covsim.registry import signature_params
 from covsim.results import RunResult
-from covsim.runners.registry import RunnerSpec, register_runner, runner_params
+from covsim.runners.registry import RunnerSpec, config_check, register_runner, runner_params
 from covsim.sweep import Cell
 
 
@@ -30,16 +30,8 @@ def selection_settings(n: int = 1024, N: float = 64.0, a: float = 0.25,
     gen_samples  generations per candidate for the offset tournament (default n)"""
 
 
-@register_runner(
-    "misspecified_selection",
-    RunnerSpec(reads=("runner",), requires=("runner",)),
-    params=signature_params(selection_settings),
-)
-def run_selection(cfg: Config, cell: Cell) -> RunResult:
-    """Every seed of the cell is one dataset of n draws from π_D (numpy Generator seeded by the
-    cell's PRNG seed for it). L[k, i] = log π_k(y_i | x_i) feeds the three selectors; the
-    offset tournament also scores gen_samples generations of each candidate on the data's
-    prompts (L_gen[j, k, i] = log π_k(y_i | x_i), y_i ~ π_j(·|x_i))."""
+def _selection_settings(cfg: Config):
+    """(task, n, N, a, m) of a cell, validated (ValueError naming the field otherwise)."""
     rp = runner_params(cfg)
     task = build_task(cfg)
     if not hasattr(task, "log_cands"):
@@ -49,6 +41,20 @@ def run_selection(cfg: Config, cell: Cell) -> RunResult:
     N = check_float("runner.N", rp["N"], 1.0, low_open=True)
     a = check_float("runner.a", rp["a"], 0.0, low_open=True)
     m = n if rp["gen_samples"] is None else check_int("runner.gen_samples", rp["gen_samples"], 1)
+    return task, n, N, a, m
+
+
+@register_runner(
+    "misspecified_selection",
+    RunnerSpec(reads=("runner",), requires=("runner",), check=config_check(_selection_settings)),
+    params=signature_params(selection_settings),
+)
+def run_selection(cfg: Config, cell: Cell) -> RunResult:
+    """Every seed of the cell is one dataset of n draws from π_D (numpy Generator seeded by the
+    cell's PRNG seed for it). L[k, i] = log π_k(y_i | x_i) feeds the three selectors; the
+    offset tournament also scores gen_samples generations of each candidate on the data's
+    prompts (L_gen[j, k, i] = log π_k(y_i | x_i), y_i ~ π_j(·|x_i))."""
+    task, n, N, a, m = _selection_settings(cfg)
     K = task.log_cands.shape[0]
     records = []
     for seed in cell.seeds:

@@ -34,7 +34,7 @@ from covsim.config import Config
 from covsim.experiment import build_task
 from covsim.registry import signature_params
 from covsim.results import RunResult
-from covsim.runners.registry import RunnerSpec, register_runner, runner_params
+from covsim.runners.registry import RunnerSpec, config_check, register_runner, runner_params
 from covsim.sweep import Cell
 from covsim.tasks.linear import count_scores, multinomial_table
 
@@ -179,11 +179,9 @@ class StudyInputs(NamedTuple):
     keys: Array            # one PRNG key per role
 
 
-def study_inputs(cfg: Config, cell: Cell, runner: str, methods: tuple[str, ...]) -> StudyInputs:
-    """Validate a one-pass study's [runner] (method, eta_grid, Ns, tune_seeds, theta0) and
-    task (AR linear, features of (x, y_h) only, Θ the ℓ2 unit ball), and build the shared
-    arrays. The cell's seeds are reported; the tune seeds (ids −1, −2, ...) are streams folded
-    off the first seed's key, independent of every reported seed's stream."""
+def _validated(cfg: Config, runner: str, methods: tuple[str, ...]):
+    """(runner params, task, method, etas, Ns, tune, θ_0) of a one-pass study's cell, validated:
+    ValueError naming the field otherwise."""
     rp = runner_params(cfg)
     method = rp["method"]
     if method not in methods:
@@ -195,29 +193,53 @@ def study_inputs(cfg: Config, cell: Cell, runner: str, methods: tuple[str, ...])
     if task.ball != "l2" or task.R != 1.0:
         raise ValueError(f"task: runner '{runner}' projects onto the ℓ2 unit ball; the task's "
                          f"Θ is the {task.ball} ball of radius {task.R}")
-    given = (rp["eta_grid"] or {}).get(method)
+    given = (rp["eta_grid"] or {}).get(method) if isinstance(rp["eta_grid"], dict) else None
     if not isinstance(given, list) or not given or min(float(e) for e in given) <= 0:
         raise ValueError(f"runner.eta_grid.{method}: must be a non-empty list of positive steps, "
                          f"got {given!r}")
     Ns = [float(N) for N in (rp["Ns"] or [4.0])]
+    if min(Ns) <= 1:
+        raise ValueError(f"runner.Ns: every N must be > 1, got {rp['Ns']!r}")
     tune = check_int("runner.tune_seeds", rp["tune_seeds"], 0)
     theta0 = jnp.asarray(rp["theta0"] if rp["theta0"] is not None else np.zeros(task.d),
                          jnp.float32)
     if theta0.shape != (task.d,):
         raise ValueError(f"runner.theta0: must have d = {task.d} entries, got {theta0.shape}")
+    return rp, task, method, [float(e) for e in given], Ns, tune, theta0
+
+
+def study_inputs(cfg: Config, cell: Cell, runner: str, methods: tuple[str, ...]) -> StudyInputs:
+    """Validate a one-pass study's [runner] (method, eta_grid, Ns, tune_seeds, theta0) and
+    task (AR linear, features of (x, y_h) only, Θ the ℓ2 unit ball), and build the shared
+    arrays. The cell's seeds are reported; the tune seeds (ids −1, −2, ...) are streams folded
+    off the first seed's key, independent of every reported seed's stream."""
+    _, task, method, etas, Ns, tune, theta0 = _validated(cfg, runner, methods)
     counts, log_coef = (jnp.asarray(a, jnp.float32) for a in multinomial_table(task.H, task.V))
     roles = [("tune", -1 - i) for i in range(tune)] + [("eval", s) for s in cell.seeds]
     base = jax.random.key(cell.rng_seed(cell.seeds[0]))
     keys = jnp.stack([jax.random.fold_in(base, TUNE_STREAM - s) if s < 0
                       else jax.random.key(cell.rng_seed(s)) for _, s in roles])
-    return StudyInputs(task, method, [float(e) for e in given], Ns, theta0, task.F[:, 0, 0],
+    return StudyInputs(task, method, etas, Ns, theta0, task.F[:, 0, 0],
                        task.position_free_log_probs(task.theta), counts, log_coef,
                        jnp.log(jnp.asarray(Ns, jnp.float32)), roles, keys)
 
 
+def _one_pass_settings(cfg: Config):
+    """The one_pass runner's own settings, validated: (lams, Ks, n_samples, distill_N)."""
+    rp, _, method, _, _, _, _ = _validated(cfg, "one_pass", METHODS)
+    lams = [float(v) for v in (rp["lam_grid"] or [1.0])] if method == "normalized_sgd" else [0.0]
+    if min(lams) < 0:
+        raise ValueError(f"runner.lam_grid: every λ must be ≥ 0, got {rp['lam_grid']!r}")
+    Ks = [1] if method in ONE_SEQUENCE else sorted(
+        {check_int(f"runner.K_grid[{i}]", k, 1) for i, k in enumerate(rp["K_grid"] or [1])})
+    n_samples = check_int("runner.n_samples", rp["n_samples"], max(Ks))
+    distill_N = check_float("runner.distill_N", rp["distill_N"], 1.0, low_open=True)
+    return lams, Ks, n_samples, distill_N
+
+
 @register_runner(
     "one_pass",
-    RunnerSpec(reads=("runner",), requires=("runner",)),
+    RunnerSpec(reads=("runner",), requires=("runner",), check=config_check(_one_pass_settings)),
     params=signature_params(one_pass_settings),
 )
 def run_one_pass(cfg: Config, cell: Cell) -> RunResult:
@@ -228,11 +250,7 @@ def run_one_pass(cfg: Config, cell: Cell) -> RunResult:
     inp = study_inputs(cfg, cell, "one_pass", METHODS)
     task, method, etas, Ns, roles = inp.task, inp.method, inp.etas, inp.Ns, inp.roles
     H, B = task.H, float(task.B)
-    lams = [float(v) for v in (rp["lam_grid"] or [1.0])] if method == "normalized_sgd" else [0.0]
-    Ks = [1] if method in ONE_SEQUENCE else sorted(
-        {check_int(f"runner.K_grid[{i}]", k, 1) for i, k in enumerate(rp["K_grid"] or [1])})
-    n_samples = check_int("runner.n_samples", rp["n_samples"], max(Ks))
-    distill_N = check_float("runner.distill_N", rp["distill_N"], 1.0, low_open=True)
+    lams, Ks, n_samples, distill_N = _one_pass_settings(cfg)
     sigma2 = float(task.sigma_star_sq())
     records = []
     for K in Ks:

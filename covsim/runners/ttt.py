@@ -29,8 +29,8 @@ from covsim.checks import check_int
 from covsim.config import Config
 from covsim.registry import signature_params
 from covsim.results import RunResult
-from covsim.runners.registry import RunnerSpec, register_runner, runner_params
-from covsim.runners.sgd import one_pass_run, study_inputs
+from covsim.runners.registry import RunnerSpec, config_check, register_runner
+from covsim.runners.sgd import _validated, one_pass_run, study_inputs
 from covsim.sweep import Cell
 from covsim.tasks.linear import count_scores
 
@@ -120,21 +120,27 @@ def ttt_settings(method: str = "token_sgd", eta_grid: dict | None = None, n_samp
     eval_samples  M responses from π_D per prompt and checkpoint for the TTT sampler's scores"""
 
 
-@register_runner("ttt", RunnerSpec(reads=("runner",), requires=("runner",)),
+def _ttt_settings(cfg: Config) -> tuple[int, int, int]:
+    """The ttt runner's own settings, validated: (E checkpoints, T whole blocks, M)."""
+    rp, *_ = _validated(cfg, "ttt", METHODS)
+    E = check_int("runner.checkpoints", rp["checkpoints"], 1)
+    T = check_int("runner.n_samples", rp["n_samples"], E)
+    M = check_int("runner.eval_samples", rp["eval_samples"], 1)
+    return E, T - T % E, M
+
+
+@register_runner("ttt", RunnerSpec(reads=("runner",), requires=("runner",),
+                                   check=config_check(_ttt_settings)),
                  params=signature_params(ttt_settings))
 def run_ttt(cfg: Config, cell: Cell) -> RunResult:
     """Every setting of the cell's method on the tune seeds and the cell's seeds; one record per
     (setting, seed): KL and Cov_N averaged over the E checkpoints (θ_0 left out) for the
     ancestral model and, for token_sgd, the TTT sampler; and the per-checkpoint values."""
-    rp = runner_params(cfg)
     inp = study_inputs(cfg, cell, "ttt", METHODS)
     task, method, etas, Ns, roles = inp.task, inp.method, inp.etas, inp.Ns, inp.roles
     H, B = task.H, float(task.B)
     scale = 1.0 / B**2 if method == "token_sgd" else 1.0 / (H * B)
-    E = check_int("runner.checkpoints", rp["checkpoints"], 1)
-    T = check_int("runner.n_samples", rp["n_samples"], E)
-    T -= T % E  # whole blocks
-    M = check_int("runner.eval_samples", rp["eval_samples"], 1)
+    E, T, M = _ttt_settings(cfg)  # T rounded down to whole blocks of T/E sequences
     e_arr = jnp.asarray([e * scale for e in etas], jnp.float32)
     args = (inp.Phi, inp.log_p, task.log_mu, inp.theta0, inp.keys, e_arr, inp.counts,
             inp.log_coef, inp.log_N)
