@@ -13,7 +13,7 @@ a fixed eval set every `eval_every` steps).
 Both are timed end to end (compilation included, as a user experiences it); medians over
 repeats, with the JAX compilation cache cleared between repeats. With --transformer it also
 reports the transformer trainer's achieved GFLOP/s against the ~165 GFLOP/s float32 peak of
-these 2-core machines (DESIGN.md).
+these 2-core machines.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def bench_linear(args) -> None:
 
 def bench_seed_modes(args) -> None:
     """vmap over seeds vs a loop over seeds with the same compiled run (compile excluded):
-    which pays depends on whether a step's arrays stay in cache (DESIGN.md numerics)."""
+    which pays depends on whether a step's arrays stay in cache."""
     seeds = list(range(args.seeds))
     spec = TrainSpec(steps=args.steps, batch_size=32, n_train=1024,
                      eval_every=args.steps // 5, eval_samples=4096, Ns=(2.0, 16.0))

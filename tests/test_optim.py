@@ -131,7 +131,7 @@ def test_adam_wrapper_matches_optax():
 def test_theory_step_sizes_match_the_formulas(B, H, T, s2, N):
     inf = float("inf")
     M = np.log(N)
-    # written out from notes §3.4–3.5 with numpy's inf for σ⋆² = 0
+    # written out from the proofs (Prop. 5.1, Thms 5.1, 6.1, 6.2), numpy's inf for σ⋆² = 0
     with np.errstate(divide="ignore"):
         sgd = min(1 / (2 * H * B * B), np.sqrt(np.float64(2) / (s2 * T)))
         ns_eta = min(1 / (128 * B), (M / np.float64(s2 * T)) ** 0.25)
@@ -273,7 +273,7 @@ def test_token_level_sgd_without_projection_is_plain_ascent(ar_task):
 
 
 def _alpha_loop(eps, A):
-    """notes §4.7 pseudo-code, in float64."""
+    """The truncation weights of Eqs. 24–25 by an explicit loop, in float64."""
     S, out = 0.0, []
     for e in eps:
         w = 1.0 if S + e <= A else (max(0.0, (A - S) / e) if S < A else 0.0)
@@ -329,7 +329,7 @@ def test_truncated_distillation_gradient(ar_task):
     loss = lambda th: jnp.sum(optim.truncated_distillation_loss(
         teacher, task.next_token_log_probs_theta(th, xs, ys), ys, A))
     g = np.asarray(jax.grad(loss)(theta), np.float64)
-    # −ĝ = −Σ_i Σ_h α_ih (ϕ(y_ih) − E_{π_θ} ϕ), notes §1's gradient identity
+    # −ĝ = −Σ_i Σ_h α_ih (ϕ(y_ih) − E_{π_θ} ϕ), the log-linear gradient identity
     F = np.asarray(task.features(xs, ys), np.float64)
     phi_y = np.take_along_axis(F, np.asarray(ys)[..., None, None], axis=-2)[..., 0, :]
     score = phi_y - np.einsum("nhv,nhvd->nhd", pM, F)

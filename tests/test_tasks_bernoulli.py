@@ -1,4 +1,5 @@
-"""Bernoulli: exactness (shared checks) and the case study's closed forms (notes §3.2)."""
+"""Bernoulli: exactness (shared checks) and the case study's closed forms (arXiv 2510.15020v2,
+§3)."""
 
 import math
 
@@ -71,7 +72,7 @@ def test_prop_f2_tightness(p, N):
 
 
 def test_missing_mass():
-    # p̂ = 0 (no 1 seen): KL = ∞ but Cov_N = p for every N ≥ 2 (notes §3.2)
+    # p̂ = 0 (no 1 seen): KL = ∞ but Cov_N = p for every N ≥ 2 (§3 of the paper)
     p = 0.01
     assert bernoulli_kl(p, 0.0) == np.inf
     assert bernoulli_kl(p, 0.0, H=3) == np.inf

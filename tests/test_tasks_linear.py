@@ -1,6 +1,6 @@
 """AutoregressiveLinear: exact scores vs. a position-by-position reference, the sampling law vs.
 `exact_joint`, σ⋆² (recursion, enumeration, Monte Carlo, score identity) and the paper's
-constructions (notes §3.2–3.4)."""
+constructions (Prop. 3.2, Prop. 5.1, Prop. G.1 of arXiv 2510.15020v2)."""
 
 import itertools
 import math

@@ -71,7 +71,7 @@ def test_stored_and_regenerated_tables_define_the_same_chain():
 
 
 def test_many_prompts_near_deterministic_tables_are_regenerated():
-    # DESIGN.md's horizon experiment: thousands of sub-prompts, each its own
+    # the horizon experiment (experiments/horizon.toml): thousands of sub-prompts, each its own
     # near-deterministic table; only the rows visited are ever drawn.
     V, H, eps, K, n = 8, 32, 1e-3, 1 << 16, 2000
     task = MarkovChain.random(KEY, V=V, H=H, pivotal=[], eps=eps, n_prompts=K)
