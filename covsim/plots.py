@@ -175,6 +175,15 @@ def theory_line(ax, x, y, label: str, **kw):
     return line
 
 
+def grid_ticks(ax, xs, fmt: str = "g") -> None:
+    """Major x ticks at the grid's own values, labelled as plain numbers (format spec `fmt`),
+    and no minor labels: a log axis over a few grid points reads as the grid."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks(xs, [format(x, fmt) for x in xs])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def loglog(ax, xlabel: str, ylabel: str, title: str | None = None) -> None:
     """Both axes logarithmic, with their labels (and a title)."""
     ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)

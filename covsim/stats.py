@@ -144,6 +144,14 @@ def loglog_slope_ci(xs, per_x, stat=np.mean, boot: int = 2000, level: float = 0.
     return slope, float(lo), float(hi)
 
 
+def mean_curve_by(df: pd.DataFrame, x: str, col: str, boot: int = 2000) -> dict[str, Any]:
+    """`mean_curve` of `col` with the rows of df grouped by the values of column x."""
+    groups = {v: g[col] for v, g in df.groupby(x)}
+    xs = sorted(groups)
+    return mean_curve([int(v) if float(v).is_integer() else v for v in xs],
+                      [groups[v] for v in xs], boot)
+
+
 def nonfinite_as_worst(df: pd.DataFrame, cols: list[str], flag: str = "finite",
                        worst: float = 1.0) -> pd.DataFrame:
     """df with `cols` set to `worst` on rows whose `flag` column is false (a run that went

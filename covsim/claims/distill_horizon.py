@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
 
 from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
@@ -42,7 +41,7 @@ from covsim.stats import (
     argmin_worst,
     horizon_separation,
     log_log_slopes,
-    mean_curve,
+    mean_curve_by,
     nonfinite_as_worst,
 )
 
@@ -60,8 +59,7 @@ def _rows(df: pd.DataFrame, method: str, role: str, setting: str = "grid") -> pd
 
 
 def _curve(rows: pd.DataFrame, col: str = COV) -> dict:
-    by_H = {int(H): g[col] for H, g in rows.groupby("H")}
-    return mean_curve(sorted(by_H), [by_H[H] for H in sorted(by_H)], BOOT)
+    return mean_curve_by(rows, "H", col, BOOT)
 
 
 def curves(df: pd.DataFrame) -> dict:
@@ -167,8 +165,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
             if style != "x":
                 ax.fill_between(cv["x"], cv["lo"], cv["hi"], color=color, alpha=0.15)
         plots.loglog(ax, "sequence length H", ylabel)
-        ax.set_xticks(cv["x"], [str(h) for h in cv["x"]])
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        plots.grid_ticks(ax, cv["x"])
         ax.grid(alpha=0.3, which="both")
     axs[0].legend(fontsize=7, loc="center left")
     axs[0].set_title("Thm 6.2: truncated distillation's coverage grows only through σ⋆² (∝ H "

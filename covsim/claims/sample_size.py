@@ -164,13 +164,6 @@ def _errorbars(ax, xs, m, lo, hi, label, i: int = 0, **kw):
     )
 
 
-def _ticks(ax, xs) -> None:
-    from matplotlib.ticker import NullFormatter
-
-    ax.set_xticks(xs, [f"{x:g}" for x in xs])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
 def figure(dirs: Dirs, out: Path) -> list[Path]:
     from covsim import plots
 
@@ -203,7 +196,7 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
         "Cov_N (fraction of π_D mass)",
         f"exact MLE, H = {int(dn['H'].iloc[0])}: mean ± 95% CI over {seeds} seeds",
     )
-    _ticks(ax, ns)
+    plots.grid_ticks(ax, ns)
     low = min(float(dn[c].groupby(dn["n"]).mean().min()) for _, c in cols)
     ax.set_ylim(bottom=low / 30)  # room for the legend below the data
     ax.legend(fontsize=7, loc="lower left")
@@ -218,7 +211,7 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
     )
     lo, hi = ax.get_ylim()
     ax.set_ylim(min(lo, dH[cols[0][1]].mean() / 4), max(hi, dH[cols[0][1]].mean() * 4))
-    _ticks(ax, np.sort(dH["H"].unique()).astype(float))
+    plots.grid_ticks(ax, np.sort(dH["H"].unique()).astype(float))
     ax.legend(fontsize=7, title="(curves for all N coincide when flat in N)", title_fontsize=7)
     ax = axs[2]
     xs, m, lo_, hi_ = mean_ci(dH, "H", "kl")
@@ -230,7 +223,7 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
         "KL(π_D ‖ π̂) [nats]",
         "same fits: KL grows linearly in H",
     )
-    _ticks(ax, xs)
+    plots.grid_ticks(ax, xs)
     ax.legend(fontsize=7)
     for a in axs:
         a.grid(alpha=0.3, which="both")

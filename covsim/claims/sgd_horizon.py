@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
 
 from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
@@ -266,8 +265,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
                 ax.plot(cv["H"], cv["mean"], "x", color="0.4" if m == "sgd" else "C2",
                         label=f"{m} at the proof's own step")
         plots.loglog(ax, "sequence length H", ylabel)
-        ax.set_xticks(cv["H"], [str(h) for h in cv["H"]])
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        plots.grid_ticks(ax, cv["H"])
         ax.grid(alpha=0.3, which="both")
     axs[0].set_title("Prop. 5.1 vs Thm 5.1: the deficit of the time average", fontsize=9)
     axs[1].set_title("same runs: KL", fontsize=9)

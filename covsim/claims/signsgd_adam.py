@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
 
 from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
@@ -141,8 +140,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
         ax.plot(f["x"], f["mean"], "--", color=colors[m], lw=1,
                 label=f"{LABELS[m]}, one setting ({setting_text(m, c['fixed_pick'])})")
     plots.loglog(ax, "sequence length H", f"time-averaged Cov_{N_CHECK}")
-    ax.set_xticks(t["x"], [str(h) for h in t["x"]])
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    plots.grid_ticks(ax, t["x"])
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6.5, loc="upper left")
     ax.set_title("§5.2's conjecture: SignSGD and Adam between plain and normalized SGD?\n"

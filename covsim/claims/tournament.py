@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
 
 from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
@@ -145,8 +144,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     ax.axhline(P_MLE_MIN, color="0.3", ls="--", lw=1, label="Prop. E.1: the MLE's P ≥ ¼")
     ax.set(xscale="log", xlabel="sample size n", ylabel="P(selected model = π_2)",
            ylim=(-0.03, 1.05))
-    ax.set_xticks(ns, [str(n) for n in ns])
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    plots.grid_ticks(ax, ns)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center right")
     ax.set_title("Prop. E.1's misspecified class: the MLE keeps the model that loses coverage;\n"

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
 
 from covsim import plots
 from covsim.claims import Claim, Dirs, Verdict, register
@@ -41,7 +40,7 @@ from covsim.stats import (
     argmin_worst,
     horizon_separation,
     log_log_slopes,
-    mean_curve,
+    mean_curve_by,
     nonfinite_as_worst,
 )
 
@@ -57,8 +56,7 @@ def _rows(df: pd.DataFrame, method: str, role: str) -> pd.DataFrame:
 
 
 def _curve(rows: pd.DataFrame, col: str) -> dict:
-    by_H = {int(H): g[col] for H, g in rows.groupby("H")}
-    return mean_curve(sorted(by_H), [by_H[H] for H in sorted(by_H)], BOOT)
+    return mean_curve_by(rows, "H", col, BOOT)
 
 
 def _bound_slope(rows: pd.DataFrame) -> float:
@@ -205,8 +203,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
             if style != ":":
                 ax.fill_between(cv["x"], cv["lo"], cv["hi"], color=color, alpha=0.15)
         plots.loglog(ax, "sequence length H", "time-averaged KL(π_D ‖ decoder) [nats]")
-        ax.set_xticks(cv["x"], [str(h) for h in cv["x"]])
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        plots.grid_ticks(ax, cv["x"])
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
         ax.set_title(title, fontsize=9)

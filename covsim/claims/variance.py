@@ -227,14 +227,6 @@ def check(dirs: Dirs) -> Verdict:
 # ---- the figure --------------------------------------------------------------------------------
 
 
-def _ticks(ax, xs) -> None:
-    """Major ticks at the grid's own values (plain numbers), no minor labels."""
-    from matplotlib.ticker import NullFormatter
-
-    ax.set_xticks(xs, [f"{x:.4g}" for x in xs])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
 def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     """Four panels: Cov_N against σ⋆², n and H (means over seeds with 95% bootstrap bands,
     the fitted C·bound dashed), and the KL against H on the same fits."""
@@ -260,7 +252,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
                             color=line.get_color())
             ax.plot(xs, C * Y[0, :, 1], "--", lw=1, color=line.get_color())
         plots.loglog(ax, labels[p], "Cov_N (π_D mass with π_D/π̂ ≥ N)")
-        _ticks(ax, xs)
+        plots.grid_ticks(ax, xs, ".4g")
         ax.grid(alpha=0.3, which="both")
     axs[0].set_title("grows with σ⋆² (Prop. K.1)", fontsize=9)
     axs[1].set_title("decays at least like the bound in n", fontsize=9)
@@ -274,7 +266,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     axs[3].fill_between(xs, lo, hi, color="C3", alpha=0.15)
     plots.loglog(axs[3], "sequence length H (σ⋆² fixed)", "KL(π_D ‖ π̂) [nats]")
     axs[3].set_title("same fits: KL grows with H", fontsize=9)
-    _ticks(axs[3], xs)
+    plots.grid_ticks(axs[3], xs, ".4g")
     axs[3].grid(alpha=0.3, which="both")
     axs[3].legend(fontsize=7)
     seeds = int(df["seed"].nunique())

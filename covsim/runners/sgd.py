@@ -224,9 +224,8 @@ def study_inputs(cfg: Config, cell: Cell, runner: str, methods: tuple[str, ...])
                        jnp.log(jnp.asarray(Ns, jnp.float32)), roles, keys)
 
 
-def _one_pass_settings(cfg: Config):
+def _one_pass_settings(rp: dict, method: str):
     """The one_pass runner's own settings, validated: (lams, Ks, n_samples, distill_N)."""
-    rp, _, method, _, _, _, _ = _validated(cfg, "one_pass", METHODS)
     lams = [float(v) for v in (rp["lam_grid"] or [1.0])] if method == "normalized_sgd" else [0.0]
     if min(lams) < 0:
         raise ValueError(f"runner.lam_grid: every λ must be ≥ 0, got {rp['lam_grid']!r}")
@@ -237,9 +236,14 @@ def _one_pass_settings(cfg: Config):
     return lams, Ks, n_samples, distill_N
 
 
+def _check_one_pass(cfg: Config) -> None:
+    rp, _, method, *_ = _validated(cfg, "one_pass", METHODS)
+    _one_pass_settings(rp, method)
+
+
 @register_runner(
     "one_pass",
-    RunnerSpec(reads=("runner",), requires=("runner",), check=config_check(_one_pass_settings)),
+    RunnerSpec(reads=("runner",), requires=("runner",), check=config_check(_check_one_pass)),
     params=signature_params(one_pass_settings),
 )
 def run_one_pass(cfg: Config, cell: Cell) -> RunResult:
@@ -250,7 +254,7 @@ def run_one_pass(cfg: Config, cell: Cell) -> RunResult:
     inp = study_inputs(cfg, cell, "one_pass", METHODS)
     task, method, etas, Ns, roles = inp.task, inp.method, inp.etas, inp.Ns, inp.roles
     H, B = task.H, float(task.B)
-    lams, Ks, n_samples, distill_N = _one_pass_settings(cfg)
+    lams, Ks, n_samples, distill_N = _one_pass_settings(rp, method)
     sigma2 = float(task.sigma_star_sq())
     records = []
     for K in Ks:

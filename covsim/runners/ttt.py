@@ -11,8 +11,9 @@ Token order matters for token-level updates, so responses are drawn token by tok
   θ_t on each response) gives r = log π_D − log π^TTT per response, so KL and Cov_N are exact
   sums over prompts of Monte Carlo averages over responses, with exact log-probabilities.
 
-Method "sgd" runs `covsim.runners.sgd.one_pass_run` (sequence-level SGD) scored at the same
-checkpoints. `token_sgd_run` is a whole run as a pure function of its key.
+Method "sgd" runs `covsim.runners.sgd.one_pass_run` (sequence-level SGD, through that module's
+vmapped grid) scored at the same checkpoints. `token_sgd_run` is a whole run as a pure
+function of its key.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from covsim.checks import check_int
 from covsim.config import Config
 from covsim.registry import signature_params
 from covsim.results import RunResult
-from covsim.runners.registry import RunnerSpec, config_check, register_runner
-from covsim.runners.sgd import _validated, one_pass_run, study_inputs
+from covsim.runners.registry import RunnerSpec, config_check, register_runner, runner_params
+from covsim.runners.sgd import _grid_runs, _validated, study_inputs
 from covsim.sweep import Cell
 from covsim.tasks.linear import count_scores
 
@@ -94,16 +95,6 @@ def _token_grid(Phi, log_p, log_mu, theta0, keys, etas, counts, log_coef, log_N,
         Phi, log_p, log_mu, theta0, keys, etas)
 
 
-@partial(jax.jit, static_argnames=("T",))
-def _sgd_grid(Phi, log_p, log_mu, theta0, keys, etas, counts, log_coef, log_N, *, T):
-    run = partial(one_pass_run, method="sgd", K=1, T=T, counts=counts, log_coef=log_coef,
-                  log_N=log_N)
-    over_keys = jax.vmap(run, in_axes=(None, None, None, None, 0, None, None))
-    over = jax.vmap(over_keys, in_axes=(None, None, None, None, None, 0, None))
-    kl, cov, _ = over(Phi, log_p, log_mu, theta0, keys, etas, 0.0)
-    return kl, cov
-
-
 def ttt_settings(method: str = "token_sgd", eta_grid: dict | None = None, n_samples: int = 2000,
                  Ns: list | None = None, tune_seeds: int = 8, theta0: list | None = None,
                  checkpoints: int = 20, eval_samples: int = 256) -> None:
@@ -120,27 +111,31 @@ def ttt_settings(method: str = "token_sgd", eta_grid: dict | None = None, n_samp
     eval_samples  M responses from π_D per prompt and checkpoint for the TTT sampler's scores"""
 
 
-def _ttt_settings(cfg: Config) -> tuple[int, int, int]:
+def _ttt_settings(rp: dict) -> tuple[int, int, int]:
     """The ttt runner's own settings, validated: (E checkpoints, T whole blocks, M)."""
-    rp, *_ = _validated(cfg, "ttt", METHODS)
     E = check_int("runner.checkpoints", rp["checkpoints"], 1)
     T = check_int("runner.n_samples", rp["n_samples"], E)
     M = check_int("runner.eval_samples", rp["eval_samples"], 1)
     return E, T - T % E, M
 
 
+def _check_ttt(cfg: Config) -> None:
+    _ttt_settings(_validated(cfg, "ttt", METHODS)[0])
+
+
 @register_runner("ttt", RunnerSpec(reads=("runner",), requires=("runner",),
-                                   check=config_check(_ttt_settings)),
+                                   check=config_check(_check_ttt)),
                  params=signature_params(ttt_settings))
 def run_ttt(cfg: Config, cell: Cell) -> RunResult:
     """Every setting of the cell's method on the tune seeds and the cell's seeds; one record per
     (setting, seed): KL and Cov_N averaged over the E checkpoints (θ_0 left out) for the
     ancestral model and, for token_sgd, the TTT sampler; and the per-checkpoint values."""
+    rp = runner_params(cfg)
     inp = study_inputs(cfg, cell, "ttt", METHODS)
     task, method, etas, Ns, roles = inp.task, inp.method, inp.etas, inp.Ns, inp.roles
     H, B = task.H, float(task.B)
     scale = 1.0 / B**2 if method == "token_sgd" else 1.0 / (H * B)
-    E, T, M = _ttt_settings(cfg)  # T rounded down to whole blocks of T/E sequences
+    E, T, M = _ttt_settings(rp)  # T rounded down to whole blocks of T/E sequences
     e_arr = jnp.asarray([e * scale for e in etas], jnp.float32)
     args = (inp.Phi, inp.log_p, task.log_mu, inp.theta0, inp.keys, e_arr, inp.counts,
             inp.log_coef, inp.log_N)
@@ -148,7 +143,9 @@ def run_ttt(cfg: Config, cell: Cell) -> RunResult:
         kl_a, cov_a, kl_t, cov_t = (np.asarray(a, np.float64)
                                     for a in _token_grid(*args, T=T, H=H, E=E, M=M))
     else:
-        kl, cov = _sgd_grid(*args, T=T)
+        # the one-pass study's sequence-level SGD (λ and the truncation budget unused)
+        kl, cov, _ = _grid_runs(*args[:6], jnp.zeros_like(e_arr), *args[6:], 1.0, method="sgd",
+                                K=1, T=T)
         at = np.arange(1, E + 1) * (T // E) - 1  # the same checkpoints as token_sgd's
         kl_a, cov_a = np.asarray(kl, np.float64)[..., at], np.asarray(cov, np.float64)[:, :, at]
         kl_t = cov_t = None
