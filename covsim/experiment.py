@@ -22,7 +22,7 @@ from covsim import registry
 from covsim.config import Config
 from covsim.models import make_model
 from covsim.optim import make_optimizer
-from covsim.tasks import Task, graph, paper
+from covsim.tasks import Task, graph, paper, rules
 from covsim.tasks.bernoulli import Bernoulli
 from covsim.tasks.linear import AutoregressiveLinear
 from covsim.tasks.markov import MarkovChain
@@ -52,6 +52,11 @@ def _register_builtin_tasks() -> None:
                                 graph.figure1_finetune_task, ()),
         "graph_fig1_pretrain": (lambda key, **p: graph.figure1_pretrain_task(**p),
                                 graph.figure1_pretrain_task, ()),
+        # Fig. 1's mechanism without the graphs: two rules behind a class the learner can't read
+        "hidden_rules_finetune": (lambda key, **p: rules.finetune_task(key, **p),
+                                  rules.finetune_task, ("key",)),
+        "hidden_rules_pretrain": (lambda key, **p: rules.pretrain_task(key, **p),
+                                  rules.pretrain_task, ("key",)),
         "rare_prompts": (lambda key, **p: paper.rare_prompts_task(**p),
                          paper.rare_prompts_task, ()),
         "pivotal": (lambda key, **p: paper.pivotal_task(**p), paper.pivotal_task, ()),

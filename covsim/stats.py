@@ -2,7 +2,8 @@
 
 Intervals: `wilson_interval` (k of m), `wilson_half_width` (p from n draws), `mean_ci`.
 Fits: `linear_fit`, `loglog_fit`, `log_log_slopes`, `mean_slope` (with a seed bootstrap).
-Ranks: `spearman`. Frames: `cov_columns`, `finals`, `per_class_arrays`, `per_class_medians`,
+Ranks: `spearman`. Checkpoint curves (Fig. 1): `u_shape`, `rank_strength_gap`,
+`paired_gain`. Frames: `cov_columns`, `finals`, `per_class_arrays`, `per_class_medians`,
 `length_stats` (a length sweep: KL's growth, Cov_N's spread, from a sweep directory).
 
 The device-side Cov_N interval of every checkpoint is `covsim.metrics.coverage_profile`; the
@@ -218,6 +219,94 @@ def spearman(x, y) -> float:
     if np.ptp(rx) == 0 or np.ptp(ry) == 0:
         return math.nan
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+# ---- checkpoint curves (Fig. 1) -----------------------------------------------------------------
+
+
+def u_shape(curves, boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Is the seed-mean curve U-shaped? curves (S, T): one curve per seed over T checkpoints.
+
+    j* = argmin_j of the mean curve c̄; drop = c̄_0 − c̄_{j*} and rise = c̄_{T−1} − c̄_{j*},
+    each with its percentile interval from resampling seeds, j* held fixed (re-minimising
+    inside the bootstrap would make the rise ≥ 0 by construction). "u" holds when j* is
+    interior (0 < j* < T − 1) and both lower ends are > 0: the start and the end both lie
+    above the minimum by more than the seed-to-seed noise. Returns {"argmin", "start", "min",
+    "final", "drop", "drop_lo", "drop_hi", "rise", "rise_lo", "rise_hi", "interior", "u"}."""
+    c = np.asarray(curves, float)
+    if c.ndim != 2 or c.shape[1] < 3 or c.shape[0] < 1:
+        raise ValueError(f"argument curves must have shape (seeds, ≥ 3 checkpoints), "
+                         f"got {c.shape}")
+    m = c.mean(axis=0)
+    j = int(np.argmin(m))
+    rng = np.random.default_rng(seed)
+    b = c[rng.integers(0, c.shape[0], (boot, c.shape[0]))].mean(axis=1)  # (boot, T)
+    q = 100 * (1 - level) / 2
+    drop_lo, drop_hi = np.percentile(b[:, 0] - b[:, j], [q, 100 - q])
+    rise_lo, rise_hi = np.percentile(b[:, -1] - b[:, j], [q, 100 - q])
+    interior = 0 < j < c.shape[1] - 1
+    return {"argmin": j, "start": float(m[0]), "min": float(m[j]), "final": float(m[-1]),
+            "drop": float(m[0] - m[j]), "drop_lo": float(drop_lo), "drop_hi": float(drop_hi),
+            "rise": float(m[-1] - m[j]), "rise_lo": float(rise_lo), "rise_hi": float(rise_hi),
+            "interior": bool(interior),
+            "u": bool(interior and drop_lo > 0 and rise_lo > 0)}
+
+
+def _avg_ranks(a: np.ndarray) -> np.ndarray:
+    """Average ranks (1-based, ties share their mean rank) along the last axis."""
+    less = (a[..., None, :] < a[..., :, None]).sum(-1)
+    same = (a[..., None, :] == a[..., :, None]).sum(-1)
+    return less + (same + 1) / 2
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise Spearman ρ of (..., T) arrays; NaN where a side is constant."""
+    rx, ry = _avg_ranks(x), _avg_ranks(y)
+    rx = rx - rx.mean(-1, keepdims=True)
+    ry = ry - ry.mean(-1, keepdims=True)
+    den = np.sqrt((rx**2).sum(-1) * (ry**2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (rx * ry).sum(-1) / np.where(den > 0, den, 1), np.nan)
+
+
+def rank_strength_gap(target, pred_a, pred_b, boot: int = 1000, level: float = 0.95,
+                      seed: int = 0) -> dict[str, Any]:
+    """Which predictor ranks the checkpoints by `target` better? Arrays (S, T): per seed, a
+    curve over T checkpoints. Strength of a predictor on one seed: s = −Spearman(target,
+    predictor) (a lower predictor value goes with a higher target; 0 when a side is constant:
+    a constant predicts nothing). gap = mean over seeds of s_a − s_b, with a percentile
+    bootstrap over seeds and, within each drawn seed, over its checkpoints. Returns {"s_a",
+    "s_b" (per seed), "gap", "lo", "hi"}."""
+    t, a, b_ = (np.asarray(v, float) for v in (target, pred_a, pred_b))
+    if not (t.shape == a.shape == b_.shape and t.ndim == 2):
+        raise ValueError(f"arguments target, pred_a, pred_b must share a shape (seeds, "
+                         f"checkpoints), got {t.shape}, {a.shape}, {b_.shape}")
+    S, T = t.shape
+
+    def strengths(tt, aa, bb):
+        return (-np.nan_to_num(_spearman_rows(tt, aa)), -np.nan_to_num(_spearman_rows(tt, bb)))
+
+    s_a, s_b = strengths(t, a, b_)
+    rng = np.random.default_rng(seed)
+    si = rng.integers(0, S, (boot, S))[..., None]  # (boot, S, 1) seeds
+    ci = rng.integers(0, T, (boot, S, T))  # checkpoints within each drawn seed
+    ba, bb = strengths(t[si, ci], a[si, ci], b_[si, ci])  # (boot, S)
+    gaps = (ba - bb).mean(axis=1)
+    q = 100 * (1 - level) / 2
+    lo, hi = np.percentile(gaps, [q, 100 - q])
+    return {"s_a": s_a, "s_b": s_b, "gap": float((s_a - s_b).mean()), "lo": float(lo),
+            "hi": float(hi)}
+
+
+def paired_gain(gains, boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Median of per-seed gains (e.g. Pass@N of one pick minus another's) with its percentile
+    bootstrap interval over seeds, and the counts of wins (> 0), ties (== 0: the same
+    checkpoint or the same value; a tie is not a win) and losses. Returns {"median", "lo",
+    "hi", "wins", "ties", "losses"}."""
+    g = np.asarray(gains, float)
+    med, lo, hi = bootstrap_ci(g, np.median, boot, level, seed)
+    return {"median": med, "lo": lo, "hi": hi, "wins": int((g > 0).sum()),
+            "ties": int((g == 0).sum()), "losses": int((g < 0).sum())}
 
 
 # ---- result frames -----------------------------------------------------------------------------

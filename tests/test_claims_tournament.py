@@ -121,7 +121,7 @@ def _sweep(tmp_path, fn):
 
 
 def test_check_passes(tmp_path):
-    v = T.check(_sweep(tmp_path, _cell_fn()))
+    v = T.misspecified_check(_sweep(tmp_path, _cell_fn())["tournament"])
     assert v.passed, v.line()
     assert v.numbers["frequencies"]["tournament"][256]["ties"] > 0.4
     assert v.numbers["coverage_of_candidates"]["64"] == [0.0, 0.002]
@@ -139,7 +139,7 @@ def test_check_passes(tmp_path):
     ],
 )
 def test_check_fails(tmp_path, kw, failing, why):
-    v = T.check(_sweep(tmp_path, _cell_fn(**kw)))
+    v = T.misspecified_check(_sweep(tmp_path, _cell_fn(**kw))["tournament"])
     assert not v.passed, why
     assert not v.numbers["tests"][failing], (why, v.numbers["tests"])
 
@@ -147,6 +147,110 @@ def test_check_fails(tmp_path, kw, failing, why):
 def test_figure(tmp_path):
     files = T.figure(_sweep(tmp_path, _cell_fn()), tmp_path / "fig")
     assert files[0].name == "tournament.png" and files[0].stat().st_size > 10_000
+    dirs = {**_sweep(tmp_path, _cell_fn()), T.CKPT: _ckpt_sweep(tmp_path, _ckpt_fn())}
+    files = T.figure(dirs, tmp_path / "fig2")
+    assert [f.name for f in files] == ["tournament.png", "tournament_checkpoints.png"]
+
+
+# ---- part (a): checkpoint selection --------------------------------------------------------------
+
+CKPT_TOML = ROOT / "experiments" / "tournament_checkpoints.toml"
+K = 21
+C_HI, C_LO = 4 ** 1.25, 4 ** 0.25
+
+
+def _ckpt_fn(best=lambda s: [6], offset_best=lambda s: [3, K - 1], min_ce=K - 1):
+    """Synthetic checkpoint-selection cells: per seed a U-shaped Cov_{N^{1+a}} (minimum 0.01
+    at checkpoint 4, 0.1 at the end), Cov_{N^a} = 0.1 + Cov_{N^{1+a}}, Pass@8 = 0.99 −
+    Cov_{N^{1+a}}/2, KL falling (min-KL = the last); the tournaments' tied best sets given."""
+
+    def fn(cfg, cell):
+        t = np.arange(K)
+        recs, sel = [], {k: [] for k in ("min_kl", "min_ce", "tournament", "tournament_best",
+                                         "offset", "offset_best")}
+        for s in cell.seeds:
+            u = np.where(t <= 4, 0.05 - 0.01 * t, 0.01 + 0.09 * (t - 4) / (K - 5))
+            u = u * (1 + 0.01 * np.random.default_rng(s).uniform(size=K))
+            for j in range(K):
+                recs.append({"stage": "main", "seed": s, "step": 200 * j, "kl": 1.0 / (1 + j),
+                             "cov": {C_LO: 0.1 + u[j], 2: 0.5, 4: u[j], C_HI: u[j]},
+                             "pass_at": {8: 0.99 - u[j] / 2}})
+            sel["min_kl"].append(K - 1)
+            sel["min_ce"].append(min_ce)
+            sel["tournament_best"].append(best(s))
+            sel["tournament"].append(best(s)[0])
+            sel["offset_best"].append(offset_best(s))
+            sel["offset"].append(offset_best(s)[0])
+        return RunResult(recs, {"N": 4.0, "a": 0.25, "gen_samples": 8, "selection": sel})
+
+    return fn
+
+
+def _ckpt_sweep(tmp_path, fn, name="ckpt"):
+    out = tmp_path / name
+    manifest = run_sweep(load_config(CKPT_TOML, "quick"), fn, out, progress=False)
+    assert all(c["status"] == "done" for c in manifest["cells"])
+    return out
+
+
+def test_checkpoint_part_passes_when_the_tournament_picks_the_dip(tmp_path):
+    v = T.checkpoint_check(_ckpt_sweep(tmp_path, _ckpt_fn()))
+    assert v.passed, v.line()
+    g = v.numbers["gains"]
+    assert g["tournament_vs_min_kl_cov"]["wins"] == 16 and g["tournament_vs_min_ce_pass"][
+        "median"] > 0
+    # the offset tournament, tied with the last checkpoint, is scored there: reported only
+    assert g["offset_vs_min_kl_cov"]["ties"] == 16 and "offset_vs_min_kl_cov" not in v.numbers[
+        "tests"]
+    assert v.numbers["min_cov_Na"] == pytest.approx(0.11, abs=0.01)
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(best=lambda s: [6, K - 1]), "tied with the last checkpoint: scored at the worst"),
+    (dict(best=lambda s: [K - 1]), "picks min-KL's checkpoint: a tie is not a win"),
+    (dict(best=lambda s: [K - 1] if s % 2 else [6]), "wins on half the seeds only"),
+])
+def test_checkpoint_part_fails(tmp_path, kw, why):
+    v = T.checkpoint_check(_ckpt_sweep(tmp_path, _ckpt_fn(**kw)))
+    assert not v.passed, why
+    assert not v.numbers["tests"]["tournament_vs_min_kl_cov"], why
+
+
+def test_the_claim_needs_both_parts(tmp_path):
+    b = _sweep(tmp_path, _cell_fn())
+    good = _ckpt_sweep(tmp_path, _ckpt_fn(), "a1")
+    bad = _ckpt_sweep(tmp_path, _ckpt_fn(best=lambda s: [K - 1]), "a2")
+    assert T.check({**b, T.CKPT: good}).passed
+    assert not T.check({**b, T.CKPT: bad}).passed
+    assert not T.check(b).passed  # part (a) not run
+    worse_b = _sweep(tmp_path / "w", _cell_fn(mle_bad=lambda n: 0.15))
+    assert not T.check({**worse_b, T.CKPT: good}).passed
+
+
+def test_checkpoint_runner_records_match_the_train_runner(tmp_path):
+    """Keeping every checkpoint changes no number: the records equal the "train" runner's on
+    the same cell; the generations file is (S, K, K, m) and finite, the picks in range."""
+    from covsim.runners import run_cell
+
+    over = ["train.steps=40", "train.eval_every=20", "pretrain.train.steps=20",
+            "pretrain.train.eval_every=10", "sweep.seeds=2", "runner.gen_samples=8",
+            "train.eval_samples=256", "train.select_samples=32"]
+    cfg = load_config(CKPT_TOML, "quick", over)
+    out = tmp_path / "sel"
+    run_sweep(cfg, run_cell, out, progress=False)
+    same = [o for o in over if not o.startswith("runner.")] + [
+        f"train.Ns={list(cfg.train.Ns)}", "train.pass_at=[8]"]
+    tcfg = load_config(ROOT / "experiments" / "fig1_mechanism.toml", "quick", same)
+    ref = tmp_path / "ref"
+    run_sweep(tcfg, run_cell, ref, progress=False)
+    a, b = read_metrics(out), read_metrics(ref)
+    cols = [c for c in b.columns if c not in ("run",)]
+    pd_equal = a[cols].reset_index(drop=True).equals(b[cols].reset_index(drop=True))
+    assert pd_equal
+    gen = np.load(next(out.glob("**/select_gen_logq.npy")))
+    assert gen.shape == (2, 3, 3, 8) and np.all(np.isfinite(gen))
+    o = T.checkpoint_outcomes(out)
+    assert len(o["best_cov"]) == 2
 
 
 @pytest.mark.slow
@@ -155,5 +259,7 @@ def test_quick_profile_end_to_end(tmp_path):
 
     out = tmp_path / "tournament"
     run_sweep(load_config(TOML, "quick"), run_cell, out, progress=False)
-    v = CLAIMS["tournament"].check({"tournament": out})
+    ck = tmp_path / T.CKPT
+    run_sweep(load_config(CKPT_TOML, "quick"), run_cell, ck, progress=False)
+    v = CLAIMS["tournament"].check({"tournament": out, T.CKPT: ck})
     assert v.passed, v.line()

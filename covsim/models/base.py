@@ -60,6 +60,7 @@ SPECS: dict[str, tuple[tuple[str, ...], dict]] = {
             "order": 1,
             "prompt_conditioned": True,
             "positional": False,
+            "prompt_positions": None,
             "init": "zeros",
             "init_scale": 0.1,
         },
@@ -71,7 +72,8 @@ SPECS: dict[str, tuple[tuple[str, ...], dict]] = {
 def _register_builtin_models() -> None:
     for kind, (required, optional) in SPECS.items():
         ps = [registry.Param(k, "int") for k in required]  # the transformer's sizes
-        ps += [registry.Param(k, type(v).__name__, v) for k, v in optional.items()]
+        ps += [registry.Param(k, "list of int" if v is None else type(v).__name__, v)
+               for k, v in optional.items()]
         registry.register("model", kind, make_model, params=ps,
                           doc=f"built-in {kind} learner (sizes from the task)")
 

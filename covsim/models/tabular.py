@@ -12,7 +12,9 @@ c(x) is a code of the prompt (0 when not prompt-conditioned), one table slice pe
   Σ_c Π_j r_cj codes, e.g. 1 + 4096 + 1 for one many-prompt class among single-prompt ones.
 
 Tokens before the response are BOS (= V), so each context slot takes V + 1 values.
-It is misspecified whenever the truth remembers more than k tokens.
+It is misspecified whenever the truth remembers more than k tokens. `prompt_positions` makes
+it read only some prompt positions: blind to the others (Fig. 1's class that the learner
+cannot read, `covsim.tasks.rules`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class Tabular(nnx.Module):
     [0, r_j)); default prompt_vocab at every position.
     class_radices (K tuples of ints ≥ 1, each of length ≤ P − 1; exclusive with prompt_radices):
     the class code for prompts [c, x_c, zero padding], c ∈ [0, K), x_c's position j in [0, r_cj).
+    prompt_positions (ints in [0, P), distinct; exclusive with class_radices): the prompt
+    positions the table reads, default all; prompt_radices then has one entry per position read.
     init="zeros" is uniform; init="random" draws logits ~ N(0, init_scale²).
     """
 
@@ -60,6 +64,7 @@ class Tabular(nnx.Module):
         positional: bool = False,
         prompt_radices: Sequence[int] | None = None,
         class_radices: Sequence[Sequence[int]] | None = None,
+        prompt_positions: Sequence[int] | None = None,
         init: str = "zeros",
         init_scale: float = 0.1,
         rngs: nnx.Rngs,
@@ -79,14 +84,31 @@ class Tabular(nnx.Module):
 
         if prompt_radices is not None and class_radices is not None:
             raise ValueError("arguments prompt_radices and class_radices are exclusive; give one")
+        if prompt_positions is not None and class_radices is not None:
+            raise ValueError("arguments prompt_positions and class_radices are exclusive; give one")
+        self.prompt_positions = None
+        if prompt_positions is not None:
+            if isinstance(prompt_positions, str | bytes) or not isinstance(prompt_positions,
+                                                                           Sequence):
+                raise TypeError(f"argument prompt_positions must be a sequence of ints, got "
+                                f"{prompt_positions!r}")
+            pos = tuple(check_int(f"prompt_positions[{j}]", q, 0, self.P - 1)
+                        for j, q in enumerate(prompt_positions))
+            if len(set(pos)) != len(pos):
+                raise ValueError(f"argument prompt_positions must be distinct, got {list(pos)}")
+            self.prompt_positions = pos
+        read = self.P if self.prompt_positions is None else len(self.prompt_positions)
         self.class_radices = None
         if class_radices is None:
-            radices = (self.prompt_vocab,) * self.P
+            radices = (self.prompt_vocab,) * read
             if prompt_radices is not None:
                 radices = _int_tuple("prompt_radices", prompt_radices)
-                if len(radices) != self.P:
-                    raise ValueError(f"argument prompt_radices must have P = {self.P} entries "
-                                     f"(one per prompt position), got {len(radices)}")
+                if len(radices) != read:
+                    what = (f"P = {self.P} entries (one per prompt position)"
+                            if self.prompt_positions is None else
+                            f"{read} entries (one per position in prompt_positions)")
+                    raise ValueError(f"argument prompt_radices must have {what}, "
+                                     f"got {len(radices)}")
             self.prompt_radices = radices
             n_codes = math.prod(radices)
         else:
@@ -143,6 +165,8 @@ class Tabular(nnx.Module):
             c = x[:, 0]
             ix = jnp.asarray(offset)[c] + jnp.sum(x[:, 1:] * jnp.asarray(place)[c], axis=1)
         elif self.prompt_conditioned and self.P > 0:
+            if self.prompt_positions is not None:  # blind to the other positions
+                x = x[:, jnp.asarray(self.prompt_positions, jnp.int32)]
             ix = jnp.sum(x * jnp.asarray(_place_values(self.prompt_radices)), axis=1)
         else:
             ix = jnp.zeros((n,), jnp.int32)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -156,6 +156,21 @@ def run_train(cfg: Config, cell: Cell) -> RunResult:
 def train_cell(cfg: Config, cell: Cell, model_fn_of=None) -> RunResult:
     """`run_train` with the learner built by `model_fn_of(cfg, task) -> (key -> model)`
     (default `build_model_fn`): runners with their own learner plumbing reuse the rest."""
+    return trained_cell(cfg, cell, model_fn_of).result
+
+
+class TrainedCell(NamedTuple):
+    """What `trained_cell` leaves for a runner that goes on from the trained seeds."""
+
+    task: Task
+    trainer: Any  # covsim.train's trainer (its .model(params) rebuilds a learner)
+    out: TrainOutput  # the main stage's output (params stacked per checkpoint if kept)
+    keys: jax.Array  # (S,) the seeds' PRNG keys
+    result: RunResult
+
+
+def trained_cell(cfg: Config, cell: Cell, model_fn_of=None) -> TrainedCell:
+    """`train_cell`, returning the task, trainer, output and keys along with the result."""
     model_fn_of = model_fn_of or build_model_fn
     task = build_task(cfg)
     spec = train_spec(cfg)
@@ -190,10 +205,13 @@ def train_cell(cfg: Config, cell: Cell, model_fn_of=None) -> RunResult:
                                          diverged_step=int(pdv[pdv >= 0].min()))
     if is_mixture(task):
         key = jax.random.fold_in(keys[0], _PER_CLASS_STREAM)
+        params = out.params
+        if spec.checkpoints:  # the summary is about the final parameters
+            params = jax.tree.map(lambda a: a[:, -1], params)
         result.summary["per_class"] = per_class_summary(
-            trainer, out.params, task, key, spec.eval_samples, spec.Ns
+            trainer, params, task, key, spec.eval_samples, spec.Ns
         )
-    return result
+    return TrainedCell(task, trainer, out, keys, result)
 
 
 def class_log_ratios(trainer, params, task: Task, key, m: int) -> jax.Array:

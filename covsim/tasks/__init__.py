@@ -14,12 +14,14 @@ from covsim.tasks.graph import GraphClass, GraphMixture
 from covsim.tasks.linear import AutoregressiveLinear
 from covsim.tasks.markov import MarkovChain
 from covsim.tasks.mixture import Mixture
+from covsim.tasks.rules import HiddenRules
 
 __all__ = [
     "AutoregressiveLinear",
     "Bernoulli",
     "GraphClass",
     "GraphMixture",
+    "HiddenRules",
     "MarkovChain",
     "Mixture",
     "Task",
