@@ -24,7 +24,8 @@ seeds):
    samples: no access to π_D's density) minus that of the min-KL checkpoint; its median over
    seeds must be > 0 with the lower end of its bootstrap interval > 0 for N = 8, 12
    (`stats.paired_gain`); ties (same checkpoint or same Pass@N) are counted apart: a tie is
-   not a win.
+   not a win. Where several checkpoints share the tournament's best score, it is scored at
+   the worst of them (its tie-break is arbitrary).
 """
 
 from __future__ import annotations
@@ -91,12 +92,22 @@ def seed_curves(d: Path) -> dict[str, Any]:
 
 
 def picks(c: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Per Pass@N: the min-KL and tournament (threshold N/2) checkpoint of every seed."""
+    """Per Pass@N: the min-KL and tournament (threshold N/2) checkpoint of every seed, and the
+    checkpoints tied at the tournament's best score ("tied"; its tie-break, the earliest, is
+    arbitrary)."""
     out = {}
     for N in PASS_NS:
         j_kl = [min_kl(k) for k in c["kl"]]
-        j_t = [None if L is None else tournament(L, N / 2)[0] for L in c["logq"]]
-        out[N] = {"min_kl": j_kl, "tournament": j_t}
+        j_t, tied = [], []
+        for L in c["logq"]:
+            if L is None:
+                j_t.append(None)
+                tied.append(None)
+                continue
+            j, scores = tournament(L, N / 2)
+            j_t.append(j)
+            tied.append(np.flatnonzero(np.isclose(scores, scores.min())).tolist())
+        out[N] = {"min_kl": j_kl, "tournament": j_t, "tied": tied}
     return out
 
 
@@ -132,8 +143,12 @@ def check(d: Path, name: str, kl_start: float) -> Verdict:
         if not have_tour:
             break
         p = c[f"pass@{N}"]
-        g = [p[s, pk[N]["tournament"][s]] - p[s, pk[N]["min_kl"][s]] for s in range(S)]
+        # the tournament at the worst of its tied checkpoints: its tie-break (the earliest)
+        # would favour the early checkpoints, where this run's good ones are
+        g = [min(p[s, j] for j in pk[N]["tied"][s]) - p[s, pk[N]["min_kl"][s]]
+             for s in range(S)]
         gains[N] = paired_gain(g)
+        gains[N]["tied_seeds"] = sum(len(t) > 1 for t in pk[N]["tied"])
     sel_ok = have_tour and all(gains[N]["median"] > 0 and gains[N]["lo"] > 0
                                for N in LARGER_NS)
     parts = {"seeds": S >= MIN_SEEDS, "start": start_ok, "u_shape": u_ok, "predictors": pred_ok,
@@ -156,7 +171,8 @@ def check(d: Path, name: str, kl_start: float) -> Verdict:
             for N in PASS_NS),
         "(4) tournament − min-KL Pass@N, median " + (", ".join(
             f"N={N}: {gains[N]['median']:+.4f} [{gains[N]['lo']:+.4f}, {gains[N]['hi']:+.4f}]"
-            f" (W/T/L {gains[N]['wins']}/{gains[N]['ties']}/{gains[N]['losses']})"
+            f" (W/T/L {gains[N]['wins']}/{gains[N]['ties']}/{gains[N]['losses']}; "
+            f"tied best in {gains[N]['tied_seeds']}/{S} seeds)"
             for N in PASS_NS) if gains else "not run"),
     ])
     threshold = (f"≥ {MIN_SEEDS} seeds; (1) Cov_4(0) ≤ {START_COV_MAX}, "
@@ -179,8 +195,8 @@ def check(d: Path, name: str, kl_start: float) -> Verdict:
         "strength_gap": {N: {k: (v.tolist() if isinstance(v, np.ndarray) else v)
                              for k, v in gaps[N].items()} for N in PASS_NS},
         "tournament_gain": gains,
-        "picks": {N: {"min_kl": pk[N]["min_kl"], "tournament": pk[N]["tournament"]}
-                  for N in PASS_NS},
+        "picks": {N: {"min_kl": pk[N]["min_kl"], "tournament": pk[N]["tournament"],
+                      "tied": pk[N]["tied"]} for N in PASS_NS},
     }
     return Verdict(name, passed, statistic, threshold, numbers, "; ".join(notes))
 
@@ -189,7 +205,8 @@ def figure(d: Path, out: Path, title: str) -> Path:
     """Fig. 1's panels: left, Cov_N for the paper's five thresholds and KL (right axis) against
     the fine-tuning iteration (seed mean, band min–max over seeds); then Pass@N against
     Cov_{N/2} for N = 4, 8, 12, one point per checkpoint and seed, coloured by its KL, the
-    tournament's pick (◆) and the min-KL pick (red ○) of each seed marked."""
+    tournament's pick (◆, its tie-break: the earliest of the checkpoints tied at its best
+    score; the check scores the worst of them) and the min-KL pick (red ○) of each seed."""
     c = seed_curves(d)
     S = c["kl"].shape[0]
     pk = picks(c)

@@ -1,6 +1,7 @@
 """Config → objects: every task kind builds, [train] maps to the trainer by name,
 and a cell run returns contract records (with checkpoints when asked)."""
 
+import numpy as np
 import pytest
 
 from covsim.config import ConfigError, load_config
@@ -50,6 +51,8 @@ vmap_seeds = true
         {"kind": "prop_g1a", "n": 10, "d": 3, "B": 4.0},
         {"kind": "graph_fig2", "L": 4},
         {"kind": "graph_fig1_finetune", "L": 4},
+        {"kind": "hidden_rules_finetune", "graphs": 8},
+        {"kind": "hidden_rules_pretrain", "graphs": 8},
         {"kind": "mixture", "H": 4, "weights": [0.5, 0.5],
          "components": [{"kind": "markov", "V": 3}, {"kind": "markov", "V": 3, "n_prompts": 5}]},
     ],
@@ -113,6 +116,27 @@ def test_run_cell_records_and_checkpoints(tmp_path):
     assert {r["seed"] for r in res.records} == {0, 1}
     assert {r["step"] for r in res.records} == {0, 10, 20}
     assert "checkpoints.msgpack" in res.files and not res.diverged
+
+
+def test_a_mixture_with_kept_checkpoints_summarises_its_final_parameters(tmp_path):
+    """With train.checkpoints the trainer stacks every checkpoint's parameters; the per-class
+    summary of a mixture task is about the final ones (it used to be handed the stack)."""
+    text = TINY.format(optim="adam", optim_params="lr = 0.05", train_extra="").replace(
+        'kind = "markov"\nV = 3\nH = 4',
+        'kind = "mixture"\nH = 4\nweights = [0.5, 0.5]\ncomponents = [{kind = "markov", '
+        'V = 3}, {kind = "markov", V = 3, n_prompts = 5}]')
+    p = tmp_path / "mix.toml"
+    p.write_text(text)
+    cfg = load_config(p, profile=None)
+    (cell,) = expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=True)
+    res = run_cell(cfg, cell)
+    pc = res.summary["per_class"]
+    assert np.asarray(pc["kl"]).shape == (2, 2)  # (classes, seeds)
+    final = [r["kl"] for r in res.records if r["step"] == 20]
+    w = np.asarray(pc["weights"])
+    # the classes' KLs weighted by the mixture's weights: the final checkpoint's KL, to
+    # Monte Carlo error (separate evaluation samples)
+    assert np.allclose(w @ np.asarray(pc["kl"]), final, rtol=0.3, atol=0.05)
 
 
 STAGED = """

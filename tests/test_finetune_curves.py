@@ -32,14 +32,18 @@ COV_NS = (2, 3, 4, 4.6, 5.7, 6)
 N_SELECT = 64
 
 
-def _logq(pick: int, rng) -> np.ndarray:
-    """(T, N_SELECT) log-likelihoods on which the tournament picks `pick` at every threshold
-    N ≤ 6: L[k, i] = b_i − 3|k − pick| − u_ki, u ∈ [0, ½), so `pick` is never beaten by
-    log N and beats every other candidate on every sample by ≥ 2.5 > log 6."""
+def _logq(pick, rng) -> np.ndarray:
+    """(T, N_SELECT) log-likelihoods on which the tournament's best score is shared exactly by
+    the checkpoints in `pick` (an int or a list) at every threshold 2 ≤ N ≤ 6:
+    L[k, i] = b_i − 3·min_{p ∈ pick} |k − p| − u_ki, u ∈ [0, ½): a member is never beaten by
+    log N ≥ log 2 > ½ (score 0), a non-member is beaten by a member on every sample by ≥ 2.5 >
+    log 6 (score 1)."""
+    picks = np.atleast_1d(pick)
     b = rng.normal(-20.0, 3.0, N_SELECT)
     u = rng.uniform(0.0, 0.5, (T, N_SELECT))
     k = np.arange(T)[:, None]
-    return (b - 3.0 * np.abs(k - pick) - u).astype(np.float32)
+    dist = np.min(np.abs(k - picks[None, :]), axis=1)[:, None]
+    return (b - 3.0 * dist - u).astype(np.float32)
 
 
 def _level(shape: str, start: float) -> np.ndarray:
@@ -88,7 +92,8 @@ def _cell_fn(shape="u", start_cov=0.06, start_kl=1.05 * KL_STAR, kl_shape="falli
                 recs.append({"stage": "main", "seed": s, "step": step, "kl": float(kl[i]),
                              "cov": cov,
                              "pass_at": {N: float(1 - (1 - p[i]) ** N) for N in F.PASS_NS}})
-            j = {"cov_min": int(np.argmin(u)), "min_kl": int(np.argmin(kl)), "first": 0}[pick]
+            j = {"cov_min": int(np.argmin(u)), "min_kl": int(np.argmin(kl)), "first": 0,
+                 "tied_with_last": [int(np.argmin(u)), T - 1]}[pick]
             logq.append(_logq(j, rng))
         buf = io.BytesIO()
         np.save(buf, np.stack(logq))
@@ -111,6 +116,8 @@ def test_logq_construction_fixes_the_tournament_pick():
         for N in (2.0, 4.0, 6.0):
             j, scores = tournament(L, N)
             assert j == pick and scores[pick] == 0 and np.all(np.delete(scores, pick) == 1)
+    j, scores = tournament(_logq([4, T - 1], rng), 4.0)
+    assert j == 4 and np.flatnonzero(scores == 0).tolist() == [4, T - 1]
 
 
 def test_passes_when_the_mechanism_is_there(tmp_path):
@@ -140,6 +147,9 @@ def test_passes_when_the_mechanism_is_there(tmp_path):
     ({"kl_shape": "rising"}, {"u_shape"}),      # KL does not fall
     ({"pass_from": "kl", "pick": "min_kl"}, {"predictors", "selection"}),  # Pass@N tracks KL
     ({"pick": "min_kl"}, {"selection"}),        # the tournament ties with min-KL
+    # its tie-break picks the dip, but the last checkpoint shares its best score: scored at
+    # the worst of them, it ties with min-KL
+    ({"pick": "tied_with_last"}, {"selection"}),
     ({"pick": "first", "start_cov": 0.3}, {"start", "selection"}),  # ... or picks worse
 ])
 def test_each_way_to_break_a_part_fails_it(tmp_path, kw, fails):

@@ -100,7 +100,7 @@ def run_checkpoint_selection(cfg: Config, cell: Cell) -> RunResult:
         x, _ = tc.task.sample(kx, m)
 
         def row(j):  # checkpoint j's responses, scored by every checkpoint
-            pj = jax.tree.map(lambda a: a[j], p_seed)
+            pj = jax.tree.map(lambda leaf: leaf[j], p_seed)
             y = sample_responses(tc.trainer.model(pj), x, H, jax.random.fold_in(ky, j))
             return jax.lax.map(lambda pk: chunked_log_prob(tc.trainer.model(pk), x, y,
                                                            chunk=chunk), p_seed)
@@ -109,7 +109,7 @@ def run_checkpoint_selection(cfg: Config, cell: Cell) -> RunResult:
         return jax.lax.map(row, jnp.arange(K))  # (K, K, m)
 
     def seed_params(i):
-        return jax.tree.map(lambda a: a[i], params)
+        return jax.tree.map(lambda leaf: leaf[i], params)
 
     L_gen = np.stack([np.asarray(one_seed(seed_params(i), tc.keys[i]), np.float32)
                       for i in range(len(cell.seeds))])
