@@ -95,7 +95,7 @@ def test_quick_profile_end_to_end(tmp_path):
     v = CLAIMS["fig1"].check(dirs)
     n = v.numbers
     assert n["seeds"] == len(cfg.sweep.seeds) and set(n["parts"]) == {
-        "start", "u_shape", "predictors", "selection"}
+        "seeds", "start", "u_shape", "predictors", "selection"}
     for N in finetune_curves.PASS_NS:
         assert math.isfinite(n["strength_gap"][N]["gap"])
         assert all(j is not None for j in n["picks"][N]["tournament"])
