@@ -39,8 +39,8 @@ import pandas as pd
 
 from covsim import plots
 from covsim.claims import Verdict
-from covsim.results import artifact_paths, read_metrics
-from covsim.select import min_kl, tournament
+from covsim.results import artifact_paths, read_metrics, seed_order
+from covsim.select import min_kl, tied_best, tournament
 from covsim.stats import paired_gain, rank_strength_gap, spearman, u_shape
 
 PASS_NS = (4, 8, 12)
@@ -77,7 +77,7 @@ def seed_curves(d: Path) -> dict[str, Any]:
     for run, path in artifact_paths(d, SELECT_FILE).items():
         arr = np.load(path)
         # rows follow the cell's seed order, which is the order of its records (unsorted)
-        for i, s in enumerate(dict.fromkeys(raw.loc[raw["run"] == run, "seed"])):
+        for i, s in enumerate(seed_order(raw, run)):
             logq[int(s)] = arr[i]
     groups = [g.reset_index(drop=True) for _, g in df.groupby("seed")]
     T = min(len(g) for g in groups)
@@ -106,7 +106,7 @@ def picks(c: dict[str, Any]) -> dict[int, dict[str, Any]]:
                 continue
             j, scores = tournament(L, N / 2)
             j_t.append(j)
-            tied.append(np.flatnonzero(np.isclose(scores, scores.min())).tolist())
+            tied.append(tied_best(scores))
         out[N] = {"min_kl": j_kl, "tournament": j_t, "tied": tied}
     return out
 

@@ -418,6 +418,13 @@ def artifact_paths(directory: str | Path, name: str) -> dict[str, Path]:
     return {p.name: p / name for p in runs if (p / name).is_file()}
 
 
+def seed_order(df: pd.DataFrame, run: str) -> list:
+    """The seeds of cell `run` in the order the cell ran them (the order of its records, as
+    read_metrics returns them): the row order of its per-seed artifacts (e.g. a (seeds, ...)
+    .npy)."""
+    return list(dict.fromkeys(df.loc[df["run"] == run, "seed"]))
+
+
 def read_summaries(directory: str | Path) -> pd.DataFrame:
     """One row per run: "run", "status", "error", the coordinates, diverged, the summary.
 

@@ -15,6 +15,13 @@ from covsim import metrics as M
 from covsim.checks import check_float, check_shape
 
 
+def tied_best(scores) -> list[int]:
+    """Every candidate whose score equals the best (lowest) one, to rounding: the set among
+    which a tournament's tie-break (the earliest) decides."""
+    s = np.asarray(scores)
+    return np.flatnonzero(np.isclose(s, s.min())).tolist()
+
+
 def min_kl(kl) -> int:
     """Index of the candidate with the smallest KL (the baseline the paper compares against)."""
     return int(np.nanargmin(np.asarray(kl)))

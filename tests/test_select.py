@@ -63,3 +63,9 @@ def test_min_kl_and_bad_arguments():
         select.offset_tournament(np.zeros((2, 3)), np.zeros((2, 2, 3)), 2.0, 0.0)
     with pytest.raises(ValueError, match="L_gen"):
         select.on_policy_coverage(np.zeros((2, 3, 4)), 2.0)
+
+
+def test_tied_best_lists_every_candidate_at_the_best_score():
+    assert select.tied_best([0.5, 0.0, 0.25, 0.0]) == [1, 3]
+    assert select.tied_best([0.3, 0.1 + 0.2]) == [0, 1]  # equal to rounding
+    assert select.tied_best([0.2]) == [0]

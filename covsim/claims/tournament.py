@@ -49,9 +49,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from covsim import plots
+from covsim import finetune_curves, plots
 from covsim.claims import Claim, Dirs, Verdict, register
-from covsim.results import read_metrics, read_summaries
+from covsim.results import read_metrics, read_summaries, seed_order
 from covsim.stats import paired_gain, wilson_interval
 
 NAME = "tournament"
@@ -152,7 +152,7 @@ def checkpoint_outcomes(d: Path) -> dict[str, Any]:
     tied checkpoints), the best checkpoint's Cov_{N^{1+a}} and min_j Cov_{N^a}: {"N", "a",
     "cov", "pass" (selector -> (S,)), "best_cov", "min_cov_Na", "tied" (tournament -> (S,))}."""
     raw = read_metrics(d)
-    df = raw[raw["stage"] == "main"] if "stage" in raw else raw
+    df = finetune_curves.finetune_rows(raw)
     summ = read_summaries(d)
     N, a = float(df_first(summ, "N")), float(df_first(summ, "a"))
     c_hi, c_lo = _col(df, N ** (1 + a)), _col(df, N**a)
@@ -161,8 +161,7 @@ def checkpoint_outcomes(d: Path) -> dict[str, Any]:
                            "tied": {k: [] for k in TOURNAMENTS}}
     for _, row in summ[summ["status"] == "done"].iterrows():
         run = row["run"]
-        seeds = list(dict.fromkeys(raw.loc[raw["run"] == run, "seed"]))  # the cell's order
-        for i, seed in enumerate(seeds):
+        for i, seed in enumerate(seed_order(raw, run)):
             g = df[(df["run"] == run) & (df["seed"] == seed)].sort_values("step")
             cov, pas = g[c_hi].to_numpy(float), g[PASS_COL].to_numpy(float)
             for k in PICKS:
@@ -288,8 +287,7 @@ def checkpoint_figure(d: Path, path: Path) -> Path:
     checkpoints (band min–max over seeds), and each selector's pick per seed (dots; the
     tournaments at the worst of their tied checkpoints) with the mean (bar)."""
     o = checkpoint_outcomes(d)
-    raw = read_metrics(d)
-    df = raw[raw["stage"] == "main"] if "stage" in raw else raw
+    df = finetune_curves.finetune_rows(read_metrics(d))
     N, a = o["N"], o["a"]
     c_hi = _col(df, N ** (1 + a))
     plt = plots.plt

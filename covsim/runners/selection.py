@@ -128,9 +128,9 @@ def run_checkpoint_selection(cfg: Config, cell: Cell) -> RunResult:
         picks["min_ce"].append(select.min_ce(L_all[i]))
         # every candidate sharing the best score: the tie-break (the earliest) is arbitrary
         picks["tournament"].append(t_pick)
-        picks["tournament_best"].append(_best(t_scores))
+        picks["tournament_best"].append(select.tied_best(t_scores))
         picks["offset"].append(o_pick)
-        picks["offset_best"].append(_best(o_scores))
+        picks["offset_best"].append(select.tied_best(o_scores))
     summary = {**tc.result.summary, "gen_samples": m, "N": N, "a": a, "selection": picks}
     return RunResult(tc.result.records, summary, diverged=tc.result.diverged,
                      diverged_step=tc.result.diverged_step, files=files)
@@ -162,12 +162,7 @@ def _selection_settings(cfg: Config):
 
 def _tied(scores) -> bool:
     """More than one candidate shares the best score (the tie-break then decides)."""
-    return len(_best(scores)) > 1
-
-
-def _best(scores) -> list[int]:
-    """The candidates that share the best (lowest) score."""
-    return np.flatnonzero(np.isclose(scores, np.min(scores))).tolist()
+    return len(select.tied_best(scores)) > 1
 
 
 @register_runner(
