@@ -4,6 +4,7 @@
     covsim describe NAME                           a task/model/optimizer/runner's parameters
     covsim run CONFIG [--profile P] [--out DIR] [--set a.b=v ...]
     covsim sweep CONFIG [--profile P] [--out DIR] [--set ...] [--executor local|process|ray]
+                 [--address auto|HOST:PORT]
                  [--workers K] [--force] [--yes]     the grid over [sweep.axes], resumable
     covsim plot DIR [--out FOLDER]                 figures from a run or sweep directory
     covsim reproduce CLAIM|--all [--profile P] [--out RUNS] [--figures FOLDER] [--report FILE]
@@ -37,7 +38,9 @@ interrupted.
 
 JAX's persistent compilation cache is switched on (in $COVSIM_CACHE_DIR, default
 ~/.cache/covsim/jax) unless JAX_COMPILATION_CACHE_DIR is already set: reruns of an experiment
-skip most of its compile time, which dominates small CPU runs.
+skip most of its compile time, which dominates small CPU runs. On a CPU each core the process
+may use becomes a JAX device (unless XLA_FLAGS sets --xla_force_host_platform_device_count), so
+a cell's seeds run on all cores (covsim.devices).
 """
 
 from __future__ import annotations
@@ -255,7 +258,10 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _check_executor(executor: str, workers: int) -> None:
+def _check_executor(executor: str, workers: int, address: str | None = None) -> None:
+    if address is not None and executor != "ray":
+        raise UsageError(f"--address: only the ray executor connects to a cluster, got "
+                         f"--executor {executor}")
     if executor == "local" and workers != 1:
         raise UsageError(f"--workers: the local executor runs one cell at a time, got {workers}; "
                          "add --executor process (or ray) for more")
@@ -267,13 +273,14 @@ def _check_executor(executor: str, workers: int) -> None:
             raise UsageError(msg) from None
 
 
-def _sweep(cfg: Config, out: Path, *, executor="local", workers=1, force=False, progress=True):
+def _sweep(cfg: Config, out: Path, *, executor="local", workers=1, force=False, progress=True,
+           address=None):
     """Run (or resume) a sweep; return (manifest, list of failed-cell lines)."""
     from covsim.sweep import run_sweep
 
     manifest = run_sweep(
         cfg, _importable_cell_fn(), out, executor=executor, workers=workers,
-        progress=progress, force=force,
+        progress=progress, force=force, address=address,
     )
     failed = [f"{c['id']}: {c['error']}" for c in manifest["cells"] if c["status"] == "failed"]
     return manifest, failed
@@ -286,7 +293,7 @@ CONFIRM_CELLS = 1000
 def cmd_sweep(args) -> int:
     from covsim.sweep import expand_grid
 
-    _check_executor(args.executor, args.workers)
+    _check_executor(args.executor, args.workers, args.address)
     cfg, out = _load_cli(args)
     _preflight(cfg)
     n = len(expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds))
@@ -305,6 +312,7 @@ def cmd_sweep(args) -> int:
         workers=args.workers,
         force=args.force,
         progress=not args.quiet,
+        address=args.address,
     )
     cells = manifest["cells"]
     counts = {s: sum(c["status"] == s for c in cells) for s in ("done", "diverged", "failed")}
@@ -538,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, "sweep directory (default runs/<profile>/<experiment name>)")
     sp.add_argument("--executor", choices=EXECUTORS, default="local")
     sp.add_argument("--workers", type=_positive, default=1, metavar="K")
+    sp.add_argument("--address", metavar="auto|HOST:PORT",
+                    help="--executor ray: the cluster to run on (default: start a local one)")
     sp.add_argument(
         "--force",
         action="store_true",
@@ -593,6 +603,9 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _enable_compile_cache()
+    from covsim import devices
+
+    devices.use_host_cores()  # a CPU's cores become devices that run_seeds shards seeds over
     from covsim import interrupt
     from covsim.outdir import OutputError
     from covsim.results import CorruptResult

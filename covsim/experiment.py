@@ -12,6 +12,7 @@ builders.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -119,11 +120,24 @@ def make_task(spec: dict[str, Any], where: str = "task") -> Task:
         raise ValueError(f"{where}: bad parameters for kind {kind!r}: {e}") from None
 
 
+_TASKS: dict[str, Task] = {}  # canonical spec -> task (tasks are immutable pytrees)
+_TASKS_KEPT = 32
+
+
 def build_task(cfg: Config) -> Task:
+    """The [task] section's task. A spec built before in this process is returned from a
+    small cache: a task is a pure function of its spec, and building one costs many eager
+    ops (the pre-flight check and the cell itself would otherwise build each twice)."""
     spec = {"kind": cfg.task.kind, **cfg.task.params}
     if cfg.task.H is not None:
         spec["H"] = cfg.task.H
-    return make_task(spec)
+    key = json.dumps(spec, sort_keys=True, default=repr)
+    if key not in _TASKS:
+        task = make_task(spec)
+        if len(_TASKS) >= _TASKS_KEPT:
+            _TASKS.pop(next(iter(_TASKS)))
+        _TASKS[key] = task
+    return _TASKS[key]
 
 
 # ---- learners and optimizers -----------------------------------------------------------------

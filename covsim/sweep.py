@@ -22,6 +22,7 @@ same time is refused, and so is a directory covsim did not write.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import multiprocessing
@@ -187,6 +188,9 @@ def _worker_init() -> None:
     sweep leaves no worker running; leave Ctrl-C to the parent, which cancels and reaps."""
     import signal
 
+    from covsim import devices
+
+    devices.single_thread_worker()  # `workers` processes share the cores, one thread each
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
@@ -271,12 +275,18 @@ def _isolated(
             _kill(pool)
 
 
-def _ray(cell_fn: CellFn, jobs: Jobs, workers: int) -> Iterator[tuple[Cell, RunResult | Failure]]:
+def _ray(
+    cell_fn: CellFn, jobs: Jobs, workers: int, address: str | None = None
+) -> Iterator[tuple[Cell, RunResult | Failure]]:
+    """At most `workers` cells in flight on the Ray cluster this process is connected to, or
+    on the one at `address` ("auto": the cluster `ray start` left on this machine;
+    "HOST:PORT": a head node), else on a local one started (and stopped) here."""
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:  # workers import what this process can: covsim, the config's plugin folder
         path = os.pathsep.join(p for p in sys.path if p)
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}})
+        kw = {"address": address} if address else {}
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, **kw)
     call = ray.remote(_call)
     queue, pending = list(jobs)[::-1], {}
     try:
@@ -361,16 +371,17 @@ def run_sweep(
     workers: int = 1,
     progress: bool = True,
     force: bool = False,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Run every cell of `cfg`'s grid that is not finished in `out_dir`; return the manifest.
 
     executor: "local" (this process, one cell at a time), "process" (`workers` spawned
     processes; `cell_fn` must be a picklable module-level function) or "ray" (at most
-    `workers` cells in flight on the current Ray cluster). A cell whose `cell_fn` raises is
-    recorded as "failed" with its error, one returning `diverged=True` as "diverged"; the
-    others go on. Failed and pending cells are retried by a rerun; done/diverged are kept, if
-    their files still match their checksums (a corrupt cell is redone; the manifest's
-    "redone_corrupt" maps its id to what was wrong).
+    `workers` cells in flight on the current Ray cluster, or the one at `address`). A cell
+    whose `cell_fn` raises is recorded as "failed" with its error, one returning
+    `diverged=True` as "diverged"; the others go on. Failed and pending cells are retried by
+    a rerun; done/diverged are kept, if their files still match their checksums (a corrupt
+    cell is redone; the manifest's "redone_corrupt" maps its id to what was wrong).
 
     `out_dir` must be new, empty, or a sweep of the same experiment (`covsim.outdir`); it is
     locked while the sweep runs (a second writer gets OutputError). One holding a different
@@ -393,6 +404,8 @@ def run_sweep(
             ) from None
     if executor == "ray":
         _import_ray()
+    elif address is not None:
+        raise ValueError(f"argument address is for executor='ray', got executor={executor!r}")
 
     cells = expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds)
     cfgs = {}
@@ -418,11 +431,14 @@ def run_sweep(
     with owned_output(
         out_dir, "sweep", name, config_hash=config_hash, need_bytes=need, accept=same_sweep
     ) as out:
-        return _run_cells(cfg, config_hash, cells, cfgs, cell_fn, out, executor, workers, progress)
+        run = _RUNNERS[executor]
+        if address is not None:
+            run = functools.partial(run, address=address)
+        return _run_cells(cfg, config_hash, cells, cfgs, cell_fn, out, run, workers, progress)
 
 
 def _run_cells(
-    cfg, config_hash, cells, cfgs, cell_fn, out, executor, workers, progress
+    cfg, config_hash, cells, cfgs, cell_fn, out, run, workers, progress
 ) -> dict[str, Any]:
     remove_temps(out)
     corrupt = {}
@@ -462,7 +478,7 @@ def _run_cells(
     failed = 0
     try:
         with open(out / EVENTS, "a", encoding="utf-8") as events:
-            for cell, res in _RUNNERS[executor](cell_fn, todo, workers):
+            for cell, res in run(cell_fn, todo, workers):
                 e = entries[cell.id]
                 if isinstance(res, RunResult):
                     try:

@@ -19,9 +19,10 @@ parameters, e.g. a pre-training stage's (covsim.experiment's [pretrain]). Model 
 with `select_samples` every checkpoint also keeps log π̂ of that many held-out π_D samples
 (`EvalMetrics.select_logq`), the observable data covsim.select's tournaments need.
 
-Divergence: the first step whose loss or gradient is not finite freezes that seed's parameters,
-records the step in `diverged_step`, and its later evaluations are NaN; other seeds in the same
-vmapped batch are unaffected.
+Divergence: the first step whose loss or updated parameters are not finite is recorded in
+`diverged_step`; that seed's parameters and optimizer state are frozen at the start of the
+segment it diverged in, and its later evaluations are NaN; other seeds in the same vmapped
+batch are unaffected.
 """
 
 from __future__ import annotations
@@ -161,7 +162,9 @@ class Trainer:
         self.task, self.model_fn, self.opt, self.spec = task, model_fn, optimizer, spec
         # The graph structure and non-trainable state come from one throw-away build; each
         # seed then builds only its own parameters (so inits can be vmapped).
-        self.graphdef, _, self.rest = nnx.split(model_fn(jax.random.key(0)), nnx.Param, ...)
+        self.graphdef, params, self.rest = nnx.split(model_fn(jax.random.key(0)), nnx.Param,
+                                                     ...)
+        self.n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
         if jax.tree.leaves(nnx.filter_state(self.rest, nnx.RngState)):
             # the non-Param state is shared and frozen here, so dropout masks would repeat
             raise ValueError(
@@ -264,23 +267,28 @@ class Trainer:
             loss, g = jax.value_and_grad(self.loss)(state.params, x, y)
             upd, opt_state = self.opt.update(g, state.opt_state, state.params)
             params = optax.apply_updates(state.params, upd)
+        # Only the scalar flag is carried per step (the reduction fuses into the update); the
+        # parameters are frozen once per segment (`segment`): a per-step select over params
+        # and optimizer state cost ~15% of a memory-bound step.
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(params)])
         )
         alive = state.diverged_step < 0
-        keep = alive & finite
-        params = jax.tree.map(lambda new, old: jnp.where(keep, new, old), params, state.params)
-        opt_state = jax.tree.map(
-            lambda new, old: jnp.where(keep, new, old), opt_state, state.opt_state
-        )
         diverged = jnp.where(alive & ~finite, state.step, state.diverged_step)
         return _State(params, opt_state, state.key, state.step + 1, diverged), loss
 
     def segment(self, state: _State, data, eval_set):
-        """`eval_every` steps, then one evaluation: (state, (metrics, mean loss))."""
+        """`eval_every` steps, then one evaluation: (state, (metrics, mean loss)). A seed that
+        diverges (in this segment or before) leaves it with the parameters and optimizer
+        state it entered it with."""
+        start = state
         state, losses = jax.lax.scan(
             lambda st, _: self.step(data, st, _), state, None, length=self.spec.eval_every
         )
+        dead = state.diverged_step >= 0
+        keep = lambda new, old: jnp.where(dead, old, new)
+        state = state._replace(params=jax.tree.map(keep, state.params, start.params),
+                               opt_state=jax.tree.map(keep, state.opt_state, start.opt_state))
         ev = self.evaluate(state.params, eval_set)
         ev = _mask_if(state.diverged_step >= 0, ev)
         return state, (ev, jnp.mean(losses))
@@ -339,26 +347,50 @@ def make_train(task: Task, model_fn: ModelFn, optimizer, spec: TrainSpec) -> Tra
     return Trainer(task, model_fn, optimizer, spec)
 
 
+SeedMode = Literal["auto", "vmap", "loop"]
+
+#: Per-seed parameter count from which "auto" runs a device's seeds one after another on a CPU
+#: rather than vmapped: a step whose parameters and optimizer state (≥ 4 float32 copies) no
+#: longer fit a core's cache is memory-bound, and vmapping only makes the arrays bigger.
+#: Measured (`python benchmarks/run_all.py`, RESULTS.md): the horizon table of 295k logits
+#: runs 1.25x faster looped; the AR-linear learner of a few hundred parameters 1.1x faster
+#: vmapped (it is bound by per-op overhead, which vmapping amortises).
+LOOP_FROM_PARAMS = 1 << 16
+
+
+def seed_mode(trainer: Trainer, platform: str | None = None) -> str:
+    """The seed mode "auto" picks: "vmap" on accelerators (seeds are parallel work there),
+    on a CPU "loop" for learners of at least LOOP_FROM_PARAMS parameters, else "vmap"."""
+    platform = platform or jax.devices()[0].platform
+    if platform != "cpu":
+        return "vmap"
+    return "loop" if trainer.n_params >= LOOP_FROM_PARAMS else "vmap"
+
+
 def run_seeds(
     trainer: Trainer,
     seeds: Sequence[int] | int | Array,
     *,
-    mode: Literal["vmap", "loop"] = "vmap",
+    mode: SeedMode = "auto",
     progress: bool = False,
     params=None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> TrainOutput:
     """Run several seeds (ints, a count, or an array of typed PRNG keys); the output gains a
     leading seed axis.
 
-    "vmap" runs all seeds in one vectorised computation; "loop" runs them one after another
-    with the same compiled function (better when per-step arrays leave the cache).
-    Measured on the AR-linear benchmark, 16 seeds: vmap 1.14× faster at H = 8, 1.07× at
-    H = 64 (`python benchmarks/bench_train.py --skip-linear --seed-modes`). Both give the same
-    numbers up to float32 rounding (tested).
-    With `progress`, segments are driven from Python with a tqdm bar showing steps/s; the
-    result is identical to the single-`scan` run up to XLA's floating-point fusion choices.
-    `params` (leading seed axis) warm-starts seed i from params[i], e.g. the final parameters
-    of a pre-training run of the same seeds.
+    Seeds are split over `devices` (default: every local device of the default backend, so a
+    multi-GPU host, or a CPU run with `XLA_FLAGS=--xla_force_host_platform_device_count=K`,
+    uses all of them with no config change) by `jax.shard_map`, padded to a multiple of the
+    device count by repeating the last seed (its copies are dropped). On each device "vmap"
+    runs its seeds in one vectorised computation, "loop" one after another with the same
+    compiled program (`lax.map`), "auto" picks (`seed_mode`). A seed's numbers do not depend
+    on the device count (tested); vmap and loop agree up to float32 rounding (tested).
+    The compiled run is kept on the trainer: a second call with the same shapes reuses it.
+    With `progress`, segments are driven from Python on one device with a tqdm bar showing
+    steps/s; the result is identical to the single-`scan` run up to XLA's floating-point
+    fusion choices. `params` (leading seed axis) warm-starts seed i from params[i], e.g. the
+    final parameters of a pre-training run of the same seeds.
     """
     if isinstance(seeds, jax.Array) and jnp.issubdtype(seeds.dtype, jax.dtypes.prng_key):
         keys = seeds  # typed PRNG keys, one per seed
@@ -366,20 +398,52 @@ def run_seeds(
         if isinstance(seeds, int):
             seeds = list(range(check_int("seeds", seeds, 1)))
         keys = jnp.stack([jax.random.key(int(s)) for s in seeds])
-    if mode not in ("vmap", "loop"):
-        raise ValueError(f"argument mode must be one of 'vmap', 'loop', got {mode!r}")
+    if mode not in ("auto", "vmap", "loop"):
+        raise ValueError(f"argument mode must be one of 'auto', 'vmap', 'loop', got {mode!r}")
     if params is not None:
         n = {a.shape[0] for a in jax.tree.leaves(params)}
         if n != {len(keys)}:
             raise ValueError(
                 f"argument params must have a leading seed axis of {len(keys)}, got sizes {n}"
             )
-    if not progress:
-        f = jax.jit(jax.vmap(trainer) if mode == "vmap" else trainer)
-        if mode == "vmap":
-            return f(keys, params)
-        return _stack([f(k, _row(params, i)) for i, k in enumerate(keys)])
-    return _run_with_progress(trainer, keys, mode, params)
+    devices = list(devices) if devices is not None else jax.local_devices()
+    if mode == "auto":
+        mode = seed_mode(trainer, devices[0].platform)
+    if progress:
+        return _run_with_progress(trainer, keys, mode, params)
+    S = len(keys)
+    D = min(len(devices), S)
+    pad = -S % D
+    if pad:  # repeat the last seed so every device gets as many; the copies are dropped
+        grow = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
+        keys, params = grow(keys), None if params is None else jax.tree.map(grow, params)
+    run = _compiled_run(trainer, mode, tuple(devices[:D]), params is not None)
+    out = run(keys, params)
+    return jax.tree.map(lambda a: a[:S], out) if pad else out
+
+
+def _compiled_run(trainer: Trainer, mode: str, devices: tuple, warm: bool):
+    """jit(seeds -> TrainOutput) for `mode` over `devices`, built once per trainer."""
+    cache = trainer.__dict__.setdefault("_runs", {})
+    key = (mode, devices, warm)
+    if key not in cache:
+        def per_device(keys, params):  # this device's seeds
+            if mode == "vmap":
+                return jax.vmap(trainer)(keys, params)
+            if params is None:
+                return jax.lax.map(trainer, keys)
+            return jax.lax.map(lambda kp: trainer(*kp), (keys, params))
+
+        f = per_device
+        if len(devices) > 1:
+            from jax.sharding import Mesh, PartitionSpec
+
+            mesh = Mesh(np.asarray(devices), ("seed",))
+            spec = PartitionSpec("seed")
+            f = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec if warm else None),
+                              out_specs=spec, check_vma=False)
+        cache[key] = jax.jit(f)
+    return cache[key]
 
 
 def _row(tree, i: int):

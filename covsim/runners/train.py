@@ -189,11 +189,11 @@ def trained_cell(cfg: Config, cell: Cell, model_fn_of=None) -> TrainedCell:
             ptask, model_fn_of(pcfg, ptask), build_optimizer(pcfg, ptask), pspec
         )
         pkeys = jax.vmap(lambda k: jax.random.fold_in(k, _PRETRAIN_STREAM))(keys)
-        pout = run_seeds(ptrainer, pkeys, mode="vmap")
+        pout = run_seeds(ptrainer, pkeys)
         pre_records = to_records(pout, pspec, coords={"stage": "pretrain"}, seeds=cell.seeds)
         params0 = pout.params
     trainer = make_train(task, model_fn_of(cfg, task), build_optimizer(cfg, task), spec)
-    out = run_seeds(trainer, keys, mode="vmap", params=params0)
+    out = run_seeds(trainer, keys, params=params0)
     coords = {"stage": "main"} if cfg.pretrain is not None else None
     records = pre_records + to_records(out, spec, coords=coords, seeds=cell.seeds)
     result = _result(out, records, spec, cfg)
