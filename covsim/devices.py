@@ -10,7 +10,9 @@ backends, so they are set before that:
 * `single_thread_worker()` (each worker of the process executor): one device, one intra-op
   thread, so `workers` processes share the cores instead of each spreading over all of them.
 
-Measured in benchmarks/RESULTS.md (`python benchmarks/run_all.py`).
+Measured once on a 2-core CPU (no benchmark row yet): a horizon cell's 4 seeds ran 1.37x
+faster sharded over two host devices than on one; two single-thread workers pinned to a core
+each reached 1.72x the step throughput of one default process.
 """
 
 from __future__ import annotations

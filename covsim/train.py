@@ -267,9 +267,9 @@ class Trainer:
             loss, g = jax.value_and_grad(self.loss)(state.params, x, y)
             upd, opt_state = self.opt.update(g, state.opt_state, state.params)
             params = optax.apply_updates(state.params, upd)
-        # Only the scalar flag is carried per step (the reduction fuses into the update); the
-        # parameters are frozen once per segment (`segment`): a per-step select over params
-        # and optimizer state cost ~15% of a memory-bound step.
+        # Only the scalar flag is carried per step; the parameters are frozen once per segment
+        # (`segment`): a per-step select over params and optimizer state made the horizon
+        # table's step 1.17x slower than without it.
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(params)])
         )
@@ -289,8 +289,7 @@ class Trainer:
         keep = lambda new, old: jnp.where(dead, old, new)
         state = state._replace(params=jax.tree.map(keep, state.params, start.params),
                                opt_state=jax.tree.map(keep, state.opt_state, start.opt_state))
-        ev = self.evaluate(state.params, eval_set)
-        ev = _mask_if(state.diverged_step >= 0, ev)
+        ev = _mask_if(dead, self.evaluate(state.params, eval_set))
         return state, (ev, jnp.mean(losses))
 
     def evaluate(self, params, eval_set) -> EvalMetrics:
@@ -352,9 +351,10 @@ SeedMode = Literal["auto", "vmap", "loop"]
 #: Per-seed parameter count from which "auto" runs a device's seeds one after another on a CPU
 #: rather than vmapped: a step whose parameters and optimizer state (≥ 4 float32 copies) no
 #: longer fit a core's cache is memory-bound, and vmapping only makes the arrays bigger.
-#: Measured (`python benchmarks/run_all.py`, RESULTS.md): the horizon table of 295k logits
-#: runs 1.25x faster looped; the AR-linear learner of a few hundred parameters 1.1x faster
-#: vmapped (it is bound by per-op overhead, which vmapping amortises).
+#: Measured once on a 2-core CPU (no benchmark row yet): the horizon table of 295k logits, 4
+#: seeds × 1000 steps, took 4.74 s vmapped against 4 × 0.95 s looped; the AR-linear learner
+#: of a few hundred parameters runs 1.1x faster vmapped (it is bound by per-op overhead,
+#: which vmapping amortises; `python benchmarks/bench_train.py --skip-linear --seed-modes`).
 LOOP_FROM_PARAMS = 1 << 16
 
 

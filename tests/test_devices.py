@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import numpy as np
 import pytest
 from tiny import TRAINER
@@ -75,10 +74,6 @@ def test_host_core_flags(monkeypatch):
     monkeypatch.setattr(devices, "backends_initialised", lambda: True)
     monkeypatch.delenv("XLA_FLAGS")
     assert not devices.use_host_cores() and "XLA_FLAGS" not in os.environ  # too late: untouched
-
-
-def test_this_process_sees_its_devices():
-    assert devices.host_cores() >= 1 and len(jax.local_devices()) >= 1
 
 
 def _sweep_cfg(tmp_path):
