@@ -70,6 +70,19 @@ def test_stored_and_regenerated_tables_define_the_same_chain():
     # (the regenerated sampler is checked against its own scores in test_random_chain_is_exact)
 
 
+def test_stationary_tables_do_not_depend_on_H():
+    # random() builds stationary tables at H = Ht = 1 so one compilation serves every H; the
+    # chain must still be the one the regenerated (H-aware) tables define
+    for H in (3, 16):
+        a = MarkovChain.random(KEY, V=4, H=H, n_prompts=3, temperature=0.5)
+        b = MarkovChain.random(KEY, V=4, H=H, n_prompts=3, temperature=0.5, store_max=0)
+        assert a.stored and not b.stored and a.H == H
+        x, y = random_batch(a, 2, 64)
+        np.testing.assert_allclose(jit_next_token(a, x, y), jit_next_token(b, x, y), atol=1e-6)
+    short = MarkovChain.random(KEY, V=4, H=3, n_prompts=3, temperature=0.5)
+    np.testing.assert_array_equal(short.log_T, a.log_T)
+
+
 def test_many_prompts_near_deterministic_tables_are_regenerated():
     # the horizon experiment (experiments/horizon.toml): thousands of sub-prompts, each its own
     # near-deterministic table; only the rows visited are ever drawn.

@@ -161,8 +161,8 @@ class MarkovChain(Task):
         if family == "dirichlet":
             g = jax.random.loggamma(k_dir, conc, (n_prompts, Ht, C, V))
             log_T = _dirichlet_tables(chain, g - jax.nn.logsumexp(g, axis=-1, keepdims=True))
-        else:
-            log_T = _all_tables(chain)
+        else:  # the tables do not depend on H beyond Ht: one compilation serves every H
+            log_T = _all_tables(chain.replace(H=Ht))
         return chain.replace(log_T=log_T, cdf_T=exact_cdf(jnp.exp(log_T)))
 
     @classmethod
