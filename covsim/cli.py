@@ -140,16 +140,25 @@ def _importable_cell_fn():
     return importlib.import_module("covsim.cli")._cell_fn
 
 
-def _preflight(cfg: Config, one_cell: bool = False) -> None:
+#: a cell of at least this many FLOPs gets its estimate printed before it starts: about
+#: 8 minutes at the ~200 GFLOP/s a 2-core CPU reaches; quick-profile cells (a few TFLOP at
+#: most) stay silent, a full-profile transformer cell (fig2: ~6e16) does not
+BIG_CELL_FLOPS = 1e14
+
+
+def _preflight(cfg: Config, one_cell: bool = False, show: bool = False) -> None:
     """Run the runner's own cell check (`RunnerSpec.check`: the trainers build the task,
     learner and optimizer and bound the memory) on every distinct cell, so that a bad value in
     any cell (e.g. the second value of a sweep axis) is a one-line config error before
-    anything runs. `one_cell`: all seeds run together (`covsim run`)."""
+    anything runs. `one_cell`: all seeds run together (`covsim run`). `show`: print the
+    memory and FLOPs estimate (`RunnerSpec.estimate`) of each distinct cell of at least
+    BIG_CELL_FLOPS, to stderr."""
     from covsim import registry as R
     from covsim.fileio import digest
     from covsim.sweep import cell_config, expand_grid
 
-    check = R.entry("runner", cfg.experiment.runner).meta.check
+    meta = R.entry("runner", cfg.experiment.runner).meta
+    check = meta.check
     if check is None:
         return  # the runner's sections are checked by covsim.config alone
     seen = set()
@@ -162,6 +171,11 @@ def _preflight(cfg: Config, one_cell: bool = False) -> None:
         if key not in seen:
             seen.add(key)
             check(c, len(cell.seeds))
+            est = meta.estimate(c, len(cell.seeds)) if show and meta.estimate else None
+            if est is not None and est.flops is not None and est.flops >= BIG_CELL_FLOPS:
+                where = ", ".join(f"{k}={v}" for k, v in cell.coords.items() if k != "seed")
+                print(f"{cfg.experiment.name} cell {where or '(single point)'}: {est.line()}",
+                      file=sys.stderr, flush=True)
 
 
 def _load_cli(args) -> tuple[Config, Path]:
@@ -245,7 +259,7 @@ def cmd_run(args) -> int:
             f"sweep.axes: `covsim run` runs one point but this config sweeps "
             f"{', '.join(cfg.sweep.axes)}; use `covsim sweep`, or --set 'sweep.axes={{}}'"
         )
-    _preflight(cfg, one_cell=True)
+    _preflight(cfg, one_cell=True, show=not args.quiet)
     # One run: every seed in one cell, as sweep.vmap_seeds = true does.
     [cell] = expand_grid({}, cfg.sweep.seeds, vmap_seeds=True)
     t0 = time.perf_counter()
@@ -295,7 +309,7 @@ def cmd_sweep(args) -> int:
 
     _check_executor(args.executor, args.workers, args.address)
     cfg, out = _load_cli(args)
-    _preflight(cfg)
+    _preflight(cfg, show=not args.quiet)
     n = len(expand_grid(cfg.sweep.axes, cfg.sweep.seeds, vmap_seeds=cfg.sweep.vmap_seeds))
     if n > CONFIRM_CELLS and not args.yes:
         raise UsageError(
@@ -406,7 +420,7 @@ def cmd_reproduce(args) -> int:
             if e not in cfgs:
                 try:
                     cfgs[e] = _load(exp_dir / f"{e}.toml", args.profile)
-                    _preflight(cfgs[e])
+                    _preflight(cfgs[e], show=not args.quiet)
                 except (ConfigError, UsageError) as err:
                     if not args.all:
                         raise

@@ -138,6 +138,7 @@ class TrainSection(_Section):
     # a runner that reads fewer [train] keys (covsim.runners.registry) refuses the others
     steps: PosInt | None = None
     batch_size: PosInt | None = None
+    microbatch: PosInt | None = None  # gradient accumulation over batch_size / microbatch slices
     n_train: PosInt | None = None  # fixed dataset of n_train samples ...
     online: bool = False  # ... or fresh samples every step
     epochs: PosInt | None = None  # fixed dataset: stop after this many passes if before `steps`
@@ -469,6 +470,12 @@ def _check_train(t: TrainSection, where: str) -> None:
             f"{where}.steps: must be a multiple of {where}.eval_every = {t.eval_every}, "
             f"got {t.steps}"
         )
+    if t.microbatch is not None and (t.microbatch > t.batch_size or t.batch_size % t.microbatch):
+        raise ConfigError(f"{where}.microbatch: must divide {where}.batch_size = "
+                          f"{t.batch_size}, got {t.microbatch}")
+    if t.microbatch is not None and t.update != "batch":
+        raise ConfigError(f"{where}.microbatch: only with {where}.update = \"batch\", got "
+                          f"update = {t.update!r}")
     if t.distill_N is not None and t.loss != "distill":
         raise ConfigError(f"{where}.distill_N: only with {where}.loss = \"distill\", got "
                           f"loss = {t.loss!r}")

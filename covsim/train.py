@@ -56,6 +56,10 @@ class TrainSpec:
 
     steps: int  # optimizer steps (a cap when `epochs` is set), a multiple of eval_every
     batch_size: int
+    # the batch's gradient is the mean of its batch_size / microbatch slices' gradients,
+    # computed one slice after another (gradient accumulation): the same update up to float
+    # rounding, with a slice's activations in memory (and in cache) instead of the batch's
+    microbatch: int | None = None
     n_train: int | None = None  # a fixed dataset of n_train sequences ...
     online: bool = False  # ... or fresh samples every step (also when n_train is None)
     epochs: int | None = None  # fixed dataset: stop after this many passes if before `steps`
@@ -84,6 +88,14 @@ class TrainSpec:
     def __post_init__(self):
         check_int("steps", self.steps, 1)
         check_int("batch_size", self.batch_size, 1)
+        if self.microbatch is not None:
+            check_int("microbatch", self.microbatch, 1, self.batch_size)
+            if self.batch_size % self.microbatch:
+                raise ValueError(f"argument microbatch must divide batch_size={self.batch_size}, "
+                                 f"got {self.microbatch}")
+            if self.update != "batch":
+                raise ValueError("argument microbatch applies to update='batch' only, got "
+                                 f"update={self.update!r}")
         if self.n_train is not None:
             check_int("n_train", self.n_train, 1)
         if self.epochs is not None:
@@ -264,7 +276,7 @@ class Trainer:
             )
             loss = jnp.sum(losses)
         else:
-            loss, g = jax.value_and_grad(self.loss)(state.params, x, y)
+            loss, g = self._loss_and_grad(state.params, x, y)
             upd, opt_state = self.opt.update(g, state.opt_state, state.params)
             params = optax.apply_updates(state.params, upd)
         # Only the scalar flag is carried per step; the parameters are frozen once per segment
@@ -276,6 +288,24 @@ class Trainer:
         alive = state.diverged_step < 0
         diverged = jnp.where(alive & ~finite, state.step, state.diverged_step)
         return _State(params, opt_state, state.key, state.step + 1, diverged), loss
+
+    def _loss_and_grad(self, params, x, y):
+        """The batch's loss and gradient; with spec.microbatch, the mean over its slices (each
+        slice's loss is a mean over equally many sequences, so the mean of the slices' is
+        the batch's)."""
+        mb = self.spec.microbatch
+        if mb is None or mb == x.shape[0]:
+            return jax.value_and_grad(self.loss)(params, x, y)
+        k = x.shape[0] // mb
+        xs, ys = x.reshape(k, mb, *x.shape[1:]), y.reshape(k, mb, *y.shape[1:])
+
+        def add(acc, xy):
+            loss, g = jax.value_and_grad(self.loss)(params, *xy)
+            return jax.tree.map(jnp.add, acc, (loss, g)), None
+
+        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        total, _ = jax.lax.scan(add, zero, (xs, ys))
+        return jax.tree.map(lambda a: a / k, total)
 
     def segment(self, state: _State, data, eval_set):
         """`eval_every` steps, then one evaluation: (state, (metrics, mean loss)). A seed that

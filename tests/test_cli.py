@@ -7,6 +7,7 @@ CLI switches on makes cheap on reruns.
 """
 
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -428,3 +429,25 @@ def test_a_reader_that_leaves_early_is_not_a_traceback(tmp_path):
     err = p.stderr.read().decode()
     p.wait(timeout=120)
     assert p.returncode == 0 and "Traceback" not in err, err
+
+
+def test_a_large_cell_prints_its_estimate_before_it_starts(capsys):
+    from covsim.cli import BIG_CELL_FLOPS, _preflight
+    from covsim.config import load_config
+    from covsim.runners.train import cell_estimate
+
+    cfg = load_config(Path(__file__).parents[1] / "experiments" / "fig2.toml", "quick")
+    cfg = cfg.with_values({"sweep.axes": {"task.L": [8, 10]}, "sweep.vmap_seeds": False})
+    small = cell_estimate(cfg.with_values({"sweep.axes": {}}), 1)
+    assert small.flops < BIG_CELL_FLOPS  # the quick profile stays silent
+    _preflight(cfg, show=True)
+    assert capsys.readouterr().err == ""
+    # twice the steps that would reach the threshold (evaluations grow slower than steps)
+    steps = 100 * math.ceil(2 * BIG_CELL_FLOPS / small.flops * cfg.train.steps / 100)
+    big = cfg.with_values({"train.steps": steps})
+    _preflight(big, show=False)
+    assert capsys.readouterr().err == ""
+    _preflight(big, show=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["fig2 cell task.L=8", "fig2 cell task.L=10"]
+    assert all("1 seed(s)" in ln and "GiB" in ln and "FLOP" in ln for ln in lines)

@@ -1,6 +1,7 @@
 """The trainer: learning lowers KL and Cov_N, missing mass, determinism, divergence, checkpoints."""
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -252,3 +253,72 @@ def test_the_memory_estimate_is_a_floor_of_what_the_trainer_holds(chain):
     grads = jax.grad(tr.loss)(state.params, data[0][:16], data[1][:16])
     assert est["parameters and optimizer state"] == nbytes(state.params) + nbytes(grads)
     assert est == {k: v // 3 for k, v in memory_estimate(spec, chain, p, 3).items()}
+
+
+def _transformer_cfg(**over):
+    from covsim.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "experiments" / "fig2.toml", "quick")
+    return cfg.with_values({"sweep.axes": {}, **over})
+
+
+def test_cell_estimate_counts_training_and_evaluation_flops_and_activations():
+    from covsim.experiment import build_model_fn, build_task, train_spec
+    from covsim.runners.train import cell_estimate, memory_estimate, n_params
+
+    cfg = _transformer_cfg()
+    task, spec = build_task(cfg), train_spec(cfg)
+    model = build_model_fn(cfg, task)(jax.random.key(0))
+    est = cell_estimate(cfg, 3)
+    seq = model.flops_per_token() * (task.P + task.H)
+    want = 3 * seq * (spec.n_steps * spec.batch_size + (spec.n_evals + 1) * spec.eval_samples / 3)
+    assert est.flops == pytest.approx(want, rel=1e-12)
+    floor = memory_estimate(spec, task, n_params(build_model_fn(cfg, task)), 3)
+    assert est.memory == {**floor, "activations": 3 * model.activation_bytes(spec.batch_size)}
+    assert "3 seed(s)" in est.line() and f"{est.flops / 1e12:.3g} TFLOP" in est.line()
+
+
+def test_cell_estimate_of_a_learner_without_a_flop_count():
+    from covsim.config import load_config
+    from covsim.runners.tabular import tabular_model_fn
+    from covsim.runners.train import cell_estimate
+
+    cfg = load_config(Path(__file__).parents[1] / "experiments" / "horizon.toml", "quick")
+    est = cell_estimate(cfg.with_values({"sweep.axes": {}}), 2, model_fn_of=tabular_model_fn)
+    assert est.flops is None and "activations" not in est.memory
+    assert "FLOPs unknown" in est.line()
+
+
+def test_seeds_loop_when_their_vmap_does_not_fit_but_one_seed_does():
+    from covsim.runners.train import cell_estimate, fitting_seed_mode
+
+    cfg = _transformer_cfg()
+    one, four = (sum(cell_estimate(cfg, s).memory.values()) for s in (1, 4))
+    assert fitting_seed_mode(cfg, 8, 2, have=four) == "auto"  # 4 seeds per device fit
+    assert fitting_seed_mode(cfg, 8, 2, have=four - 1) == "loop"
+    assert fitting_seed_mode(cfg, 8, 2, have=one - 1) == "auto"  # nothing fits: check_cell refuses
+    assert fitting_seed_mode(cfg, 2, 2, have=one) == "auto"  # one seed per device: nothing to do
+
+
+def test_microbatches_give_the_batch_update(chain):
+    """Gradient accumulation over batch_size / microbatch slices is the same update as the
+    whole batch's (up to float32 rounding of the sums), so the same run."""
+    kw = dict(steps=40, batch_size=16, n_train=64, eval_every=20, eval_samples=200)
+    # plain SGD: its update scales with the gradient, so a wrong mean over slices shows
+    run = lambda **mb: run_seeds(make_train(chain, tabular_fn(chain), optax.sgd(0.5),
+                                            TrainSpec(**kw, **mb)), 2)
+    whole, sliced = run(), run(microbatch=4)
+    np.testing.assert_allclose(sliced.metrics.kl, whole.metrics.kl, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(sliced.train_loss, whole.train_loss, rtol=1e-4, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(sliced.params), jax.tree.leaves(whole.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(microbatch=3), "microbatch must divide batch_size=8"),
+    (dict(microbatch=16), "microbatch"),
+    (dict(microbatch=4, update="token"), "microbatch applies to update='batch' only"),
+])
+def test_microbatch_is_validated(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainSpec(steps=10, batch_size=8, eval_every=10, **kw)

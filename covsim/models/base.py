@@ -65,7 +65,9 @@ SPECS: dict[str, tuple[tuple[str, ...], dict]] = {
             "init_scale": 0.1,
         },
     ),
-    "transformer": (("layers", "heads", "width"), {"mlp_ratio": 4, "dropout": 0.0}),
+    "transformer": (
+        ("layers", "heads", "width"), {"mlp_ratio": 4, "dropout": 0.0, "precision": "float32"}
+    ),
 }
 
 

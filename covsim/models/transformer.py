@@ -7,6 +7,11 @@ Input sequence of length T = P + H:
 with one embedding table over max(V, prompt_vocab) + 1 symbols (the last one is SEP). The
 outputs at the last H positions predict y_0 .. y_{H-1}, so the loss sees response tokens only.
 Names: n batch, T sequence, C width, K heads, D = C / K head size, V response vocabulary.
+
+precision = "bf16" runs every matmul (q/k/v, attention scores and weighted sum, projections,
+MLP, head) on bfloat16 inputs with float32 accumulation (`preferred_element_type`); the
+parameters, the residual stream, LayerNorm, softmax and the returned log-probs stay float32,
+so the metrics computed from them are float32 too. "float32" (the default) is exact float32.
 """
 
 from __future__ import annotations
@@ -22,44 +27,68 @@ from covsim.checks import check_float, check_int
 Array = jax.Array
 
 _init = nnx.initializers.normal(0.02)  # GPT-2's initialisation
+PRECISIONS = {"float32": None, "bf16": jnp.bfloat16}  # name -> matmul input dtype
+
+
+def _matmul_dtypes(precision: str) -> dict:
+    """nnx.Linear's dtype arguments for `precision`: inputs cast, accumulation in float32."""
+    dt = PRECISIONS[precision]
+    return {} if dt is None else {"dtype": dt, "preferred_element_type": jnp.float32}
+
+
+def _einsum(spec: str, a: Array, b: Array, dt) -> Array:
+    """jnp.einsum on inputs cast to dt (None: as given), accumulated and returned in float32."""
+    if dt is None:
+        return jnp.einsum(spec, a, b)
+    return jnp.einsum(spec, a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
 
 
 class Block(nnx.Module):
     """Pre-LN block: x + attn(LN(x)), then x + mlp(LN(x)); (n, T, C) -> (n, T, C)."""
 
-    def __init__(self, C: int, K: int, mlp_ratio: int, layers: int, dropout: float, rngs):
+    def __init__(self, C: int, K: int, mlp_ratio: int, layers: int, dropout: float, rngs,
+                 precision: str = "float32"):
         # residual projections scaled by 1/√(2·layers) so the residual stream's variance
         # does not grow with depth (GPT-2)
         out_init = nnx.initializers.normal(0.02 / math.sqrt(2 * layers))
+        mm = _matmul_dtypes(precision)
         self.K = K
+        self.precision = precision
         self.ln1 = nnx.LayerNorm(C, epsilon=1e-5, rngs=rngs)
-        self.qkv = nnx.Linear(C, 3 * C, kernel_init=_init, rngs=rngs)  # fused q, k, v
-        self.proj = nnx.Linear(C, C, kernel_init=out_init, rngs=rngs)
+        self.qkv = nnx.Linear(C, 3 * C, kernel_init=_init, rngs=rngs, **mm)  # fused q, k, v
+        self.proj = nnx.Linear(C, C, kernel_init=out_init, rngs=rngs, **mm)
         self.ln2 = nnx.LayerNorm(C, epsilon=1e-5, rngs=rngs)
-        self.fc = nnx.Linear(C, mlp_ratio * C, kernel_init=_init, rngs=rngs)
-        self.out = nnx.Linear(mlp_ratio * C, C, kernel_init=out_init, rngs=rngs)
+        self.fc = nnx.Linear(C, mlp_ratio * C, kernel_init=_init, rngs=rngs, **mm)
+        self.out = nnx.Linear(mlp_ratio * C, C, kernel_init=out_init, rngs=rngs, **mm)
         self.drop = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 
     def _drop(self, x: Array) -> Array:
         return x if self.drop is None else self.drop(x)
 
-    def attention(self, x: Array) -> Array:
-        """Causal multi-head self-attention: (n, T, C) -> (n, T, C)."""
-        n, T, C = x.shape
+    def attention(self, h: Array, n: int, T: int) -> Array:
+        """Causal multi-head self-attention: (n·T, C) rows -> (n·T, C)."""
+        C = h.shape[-1]
         K, D = self.K, C // self.K
-        q, k, v = jnp.split(self.qkv(x).reshape(n, T, 3, K, D), 3, axis=2)  # (n, T, 1, K, D)
-        q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
-        s = jnp.einsum("nqkd,npkd->nkqp", q, k) / math.sqrt(D)  # (n, K, T, T)
+        qkv = self.qkv(h).reshape(n, T, 3, K, D)  # fused q, k, v
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (n, T, K, D)
+        dt = PRECISIONS[self.precision]
+        s = _einsum("nqkd,npkd->nkqp", q, k, dt) / math.sqrt(D)  # (n, K, T, T) float32
         causal = jnp.tril(jnp.ones((T, T), bool))
         # every row keeps its diagonal, so a finite fill never leaks mass and never gives NaN
         s = jnp.where(causal, s, jnp.finfo(s.dtype).min)
         a = self._drop(jax.nn.softmax(s, axis=-1))
-        o = jnp.einsum("nkqp,npkd->nqkd", a, v).reshape(n, T, C)
+        o = _einsum("nkqp,npkd->nqkd", a, v, dt).reshape(n * T, C)
         return self.proj(o)
 
     def __call__(self, x: Array) -> Array:
-        x = x + self._drop(self.attention(self.ln1(x)))
-        return x + self._drop(self.out(jax.nn.gelu(self.fc(self.ln2(x)))))
+        # the dense layers see (n·T, C) rows: XLA's CPU matmuls (and their gradients) ran
+        # ~20% faster on 2-D operands than on (n, T, C) ones at the fig. 2 width (measured);
+        # the reshapes are free
+        n, T, C = x.shape
+        h = x.reshape(n * T, C)
+        h = h + self._drop(self.attention(self.ln1(h), n, T))
+        h = h + self._drop(self.out(jax.nn.gelu(self.fc(self.ln2(h)))))
+        return h.reshape(n, T, C)
 
 
 class Transformer(nnx.Module):
@@ -82,6 +111,7 @@ class Transformer(nnx.Module):
         mlp_ratio: int = 4,
         rngs: nnx.Rngs,
         dropout: float = 0.0,
+        precision: str = "float32",
     ):
         self.V = check_int("V", V, 1)
         self.H = check_int("H", H, 1)
@@ -92,6 +122,9 @@ class Transformer(nnx.Module):
         self.width = check_int("width", width, 1)
         self.mlp_ratio = check_int("mlp_ratio", mlp_ratio, 1)
         dropout = check_float("dropout", dropout, 0.0, 1.0, high_open=True)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
         if self.width % self.heads:
             raise ValueError(f"argument width ({width}) must be divisible by heads ({heads})")
         self.sep = max(self.V, self.prompt_vocab)  # SEP/BOS symbol id
@@ -101,12 +134,13 @@ class Transformer(nnx.Module):
         self.drop = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
         self.blocks = nnx.List(
             [
-                Block(C, self.heads, self.mlp_ratio, self.layers, dropout, rngs)
+                Block(C, self.heads, self.mlp_ratio, self.layers, dropout, rngs, precision)
                 for _ in range(layers)
             ]
         )
         self.ln_f = nnx.LayerNorm(C, epsilon=1e-5, rngs=rngs)
-        self.head = nnx.Linear(C, self.V, use_bias=False, kernel_init=_init, rngs=rngs)
+        self.head = nnx.Linear(C, self.V, use_bias=False, kernel_init=_init, rngs=rngs,
+                               **_matmul_dtypes(precision))
 
     def __call__(self, prompts: Array, responses: Array) -> Array:
         """(n, P), (n, H) int32 -> (n, H, V) float32: log π̂(· | x, y_{<h}), teacher-forced."""
@@ -125,12 +159,24 @@ class Transformer(nnx.Module):
             x = self.drop(x)
         for block in self.blocks:
             x = block(x)
-        x = self.ln_f(x[:, self.P :])  # only the H positions that predict response tokens
-        return jax.nn.log_softmax(self.head(x), axis=-1)
+        # only the H positions that predict response tokens, as (n·H, C) rows (see Block)
+        h = self.ln_f(x[:, self.P :].reshape(n * self.H, self.width))
+        return jax.nn.log_softmax(self.head(h), axis=-1).reshape(n, self.H, self.V)
 
     def num_params(self) -> int:
         """Number of trainable scalars."""
         return sum(p.size for p in jax.tree.leaves(nnx.state(self, nnx.Param)))
+
+    def activation_bytes(self, n: int) -> int:
+        """Bytes of the activations a training step on n sequences keeps for its backward
+        pass, an estimate (XLA may fuse or recompute some): per block the LayerNorm inputs and
+        outputs (4·C), q, k, v (3·C), the attention output and its projection (2·C), the MLP's
+        pre- and post-GeLU (2·mlp_ratio·C), the residual sums (2·C) at each of T positions,
+        plus the (K, T, T) scores and their softmax; then the head's (H, V) logits and
+        log-probs. float32 throughout (bf16 matmul inputs are casts, not kept copies)."""
+        T, C = self.P + self.H, self.width
+        per_block = T * (11 + 2 * self.mlp_ratio) * C + 2 * self.heads * T * T
+        return 4 * n * (self.layers * per_block + 2 * self.H * self.V)
 
     def flops_per_token(self) -> float:
         """Training FLOPs (forward + backward) per input position; see `flops_per_token`."""

@@ -31,6 +31,9 @@ class RunnerSpec:
     check:          check(cell_cfg, n_seeds) builds what one cell (of n_seeds seeds run
                     together) would build and raises ConfigError naming the field; the CLI
                     calls it on every distinct cell before compute
+    estimate:       estimate(cell_cfg, n_seeds) -> an object with `.flops` (float or None) and
+                    `.line()` (one line: the cell's memory and FLOPs), which the CLI prints
+                    before a large cell starts
     """
 
     reads: tuple[str, ...] = TRAINER_SECTIONS
@@ -39,6 +42,7 @@ class RunnerSpec:
     train_required: tuple[str, ...] = ()
     task_keys: tuple[str, ...] = ()
     check: Callable[[Config, int], None] | None = None
+    estimate: Callable[[Config, int], Any] | None = None
 
 
 def register_runner(

@@ -14,7 +14,7 @@ from covsim.config import Config
 from covsim.models.tabular import Tabular, class_radices, prompt_radices
 from covsim.results import RunResult
 from covsim.runners.registry import RunnerSpec, register_runner
-from covsim.runners.train import check_cell, train_cell
+from covsim.runners.train import cell_estimate, check_cell, train_cell
 from covsim.sweep import Cell
 from covsim.tasks.mixture import Mixture
 
@@ -43,7 +43,8 @@ def tabular_model_fn(cfg: Config, task):
 
 
 @register_runner(
-    "train_tabular", RunnerSpec(check=partial(check_cell, model_fn_of=tabular_model_fn))
+    "train_tabular", RunnerSpec(check=partial(check_cell, model_fn_of=tabular_model_fn),
+                                estimate=partial(cell_estimate, model_fn_of=tabular_model_fn))
 )
 def run_train_tabular(cfg: Config, cell: Cell) -> RunResult:
     """The "train" runner with a Tabular learner whose prompt code fits the task (see module

@@ -88,7 +88,7 @@ _LOWER = {
     "dataset and evaluation set": "train.n_train or train.eval_samples",
     "batch schedule": "train.steps (or train.batch_size)",
     "evaluation arrays": "train.eval_samples (or train.eval_chunk)",
-    "training batch": "train.batch_size",
+    "training batch": "train.batch_size (or set train.microbatch)",
     "selection samples": "train.select_samples",
 }
 
@@ -115,8 +115,8 @@ def memory_estimate(spec: TrainSpec, task: Task, params: int, n_seeds: int = 1) 
     (n + m) × (P + H) tokens and m log-probs; schedule: (n_steps, batch_size) indices and the
     (epochs, n_train) shuffle keys; evaluation: (m, H) token log-probs and token KLs plus one
     chunk's (eval_chunk, H, V) model and teacher tables; batch: (batch_size, H, V) model
-    output and its gradient; selection: select_samples sequences and their (n_evals + 1)
-    log-probs."""
+    output and its gradient (a microbatch's with train.microbatch); selection:
+    select_samples sequences and their (n_evals + 1) log-probs."""
     f = 4
     V, H, P = task.V, task.H, task.P
     m, b = spec.eval_samples, spec.batch_size
@@ -129,10 +129,71 @@ def memory_estimate(spec: TrainSpec, task: Task, params: int, n_seeds: int = 1) 
         "dataset and evaluation set": (n + m) * (P + H) * f + m * f,
         "batch schedule": (steps * b + 2 * epochs * n) * f if n else 0,
         "evaluation arrays": 2 * m * H * f + 2 * min(spec.eval_chunk, m) * H * V * f,
-        "training batch": 2 * b * H * V * f,
+        "training batch": 2 * (spec.microbatch or b) * H * V * f,
         "selection samples": spec.select_samples * (P + H + spec.n_evals + 1) * f,
     }
     return {k: v * n_seeds for k, v in terms.items()}
+
+
+class CellEstimate(NamedTuple):
+    """What one cell of `seeds` seeds (run together) costs, estimated before it runs."""
+
+    seeds: int
+    memory: dict[str, int]  # bytes by term: memory_estimate's floor plus "activations"
+    flops: float | None  # training + evaluation FLOPs of every seed; None: no count known
+
+    def line(self) -> str:
+        top = max(self.memory, key=self.memory.get)
+        if self.flops is None:
+            flops = "FLOPs unknown"
+        elif self.flops >= 1e15:
+            flops = f"{self.flops / 1e15:.3g} PFLOP"
+        else:
+            flops = f"{self.flops / 1e12:.3g} TFLOP"
+        return (f"{self.seeds} seed(s), ~{_gib(sum(self.memory.values()))} at once "
+                f"(largest: {top} {_gib(self.memory[top])}), {flops}")
+
+
+def cell_estimate(cfg: Config, n_seeds: int = 1, model_fn_of=build_model_fn) -> CellEstimate:
+    """Memory and FLOPs of a cell of `n_seeds` vmapped seeds, from shapes only (nothing
+    compiled or allocated): memory is the largest stage's `memory_estimate` plus the
+    learner's training activations where it states them (`activation_bytes`); FLOPs sum the
+    stages' training steps (`flops_per_token` · (P + H) · batch_size per step) and their
+    evaluations (a forward pass, a third of a training step's FLOPs per token, on
+    eval_samples sequences at each of the n_evals + 1 checkpoints)."""
+    stages = [cfg] + ([pretrain_config(cfg)] if cfg.pretrain else [])
+    memory, flops = {}, 0.0
+    for sc in stages:
+        task, spec = build_task(sc), train_spec(sc)
+        model_fn = model_fn_of(sc, task)
+        model = nnx.eval_shape(lambda f=model_fn: f(jax.random.key(0)))
+        n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        terms = memory_estimate(spec, task, n, n_seeds)
+        if hasattr(model, "activation_bytes"):
+            rows = spec.microbatch or spec.batch_size  # gradient accumulation: one slice's
+            terms["activations"] = n_seeds * model.activation_bytes(rows)
+        if sum(terms.values()) > sum(memory.values()):
+            memory = terms
+        if flops is not None and hasattr(model, "flops_per_token"):
+            per_seq = model.flops_per_token() * (task.P + task.H)
+            evals = (spec.n_evals + 1) * spec.eval_samples / 3
+            flops += n_seeds * per_seq * (spec.n_steps * spec.batch_size + evals)
+        else:
+            flops = None
+    return CellEstimate(n_seeds, memory, flops)
+
+
+def fitting_seed_mode(cfg: Config, n_seeds: int, n_devices: int, model_fn_of=build_model_fn,
+                      have: int | None = None) -> str:
+    """"loop" (`run_seeds`' seeds one after another per device) when vmapping a device's
+    share of the `n_seeds` seeds would not fit its memory (`cell_estimate`) while one seed
+    would; else "auto" (vmap on accelerators)."""
+    have = device_memory_bytes() if have is None else have
+    per_device = -(-n_seeds // max(n_devices, 1))
+    if per_device <= 1:
+        return "auto"
+    need = lambda s: sum(cell_estimate(cfg, s, model_fn_of).memory.values())
+    return "loop" if need(per_device) > have >= need(1) else "auto"
 
 
 def device_memory_bytes() -> int:
@@ -144,7 +205,7 @@ def device_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-@register_runner("train", RunnerSpec(check=check_cell))
+@register_runner("train", RunnerSpec(check=check_cell, estimate=cell_estimate))
 def run_train(cfg: Config, cell: Cell) -> RunResult:
     """Train every seed of the cell (vmapped) and score each checkpoint against π_D; with a
     [pretrain] stage, first train the same seeds on its task and start from their final
@@ -176,6 +237,9 @@ def trained_cell(cfg: Config, cell: Cell, model_fn_of=None) -> TrainedCell:
     spec = train_spec(cfg)
     keys = jnp.stack([jax.random.key(k) for k in cell_keys(cell)])
     params0, pre_records = None, []
+    mode = "auto"
+    if jax.default_backend() != "cpu":  # on a CPU "auto" already loops large learners
+        mode = fitting_seed_mode(cfg, len(keys), len(jax.local_devices()), model_fn_of)
     if cfg.pretrain is not None:
         pcfg = pretrain_config(cfg)
         ptask = build_task(pcfg)
@@ -189,11 +253,11 @@ def trained_cell(cfg: Config, cell: Cell, model_fn_of=None) -> TrainedCell:
             ptask, model_fn_of(pcfg, ptask), build_optimizer(pcfg, ptask), pspec
         )
         pkeys = jax.vmap(lambda k: jax.random.fold_in(k, _PRETRAIN_STREAM))(keys)
-        pout = run_seeds(ptrainer, pkeys)
+        pout = run_seeds(ptrainer, pkeys, mode=mode)
         pre_records = to_records(pout, pspec, coords={"stage": "pretrain"}, seeds=cell.seeds)
         params0 = pout.params
     trainer = make_train(task, model_fn_of(cfg, task), build_optimizer(cfg, task), spec)
-    out = run_seeds(trainer, keys, params=params0)
+    out = run_seeds(trainer, keys, params=params0, mode=mode)
     coords = {"stage": "main"} if cfg.pretrain is not None else None
     records = pre_records + to_records(out, spec, coords=coords, seeds=cell.seeds)
     result = _result(out, records, spec, cfg)
