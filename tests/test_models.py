@@ -474,14 +474,31 @@ def test_transformer_learns_shift_task():
 U_BF16 = 2.0**-8  # bfloat16's unit roundoff (8 significand bits)
 
 
+def _dots(jaxpr):
+    """Every dot_general of a jaxpr, inside custom-VJP calls and other sub-jaxprs too."""
+    for e in jaxpr.eqns:
+        if e.primitive.name == "dot_general":
+            yield e
+        for v in e.params.values():
+            for sub in v if isinstance(v, (list, tuple)) else [v]:
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    yield from _dots(sub)
+
+
 def test_bf16_matmuls_take_bf16_inputs_and_accumulate_in_float32(batch):
     x, y = batch
     m16 = Transformer(V, H, 1, X, **TINY, precision="bf16", rngs=nnx.Rngs(0))
     m32 = Transformer(V, H, 1, X, **TINY, rngs=nnx.Rngs(0))
-    dots = [e for e in jax.make_jaxpr(m16)(x, y).eqns if e.primitive.name == "dot_general"]
-    # per block: qkv, scores, weighted sum, proj, fc, out; then the head
-    assert len(dots) == 6 * TINY["layers"] + 1
-    for e in dots:
+    g16, p16, r16 = nnx.split(m16, nnx.Param, ...)
+    grad = jax.grad(lambda p: nll(nnx.merge(g16, p, r16), x, y))
+    fwd, bwd = list(_dots(jax.make_jaxpr(m16)(x, y).jaxpr)), list(_dots(
+        jax.make_jaxpr(grad)(p16).jaxpr))
+    # per block: qkv, scores, weighted sum, proj, fc, out; then the head; the gradient adds
+    # two matmuls (one per operand) for each
+    assert len(fwd) == 6 * TINY["layers"] + 1
+    assert len(bwd) == 3 * len(fwd)
+    for e in fwd + bwd:
         assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2, e
         assert e.outvars[0].aval.dtype == jnp.float32, e
     assert "bf16" not in str(jax.make_jaxpr(m32)(x, y))
@@ -490,6 +507,7 @@ def test_bf16_matmuls_take_bf16_inputs_and_accumulate_in_float32(batch):
                     jax.tree.leaves(nnx.state(m32, nnx.Param)), strict=True):
         assert a.dtype == jnp.float32  # float32 master weights: the same initial parameters
         np.testing.assert_array_equal(a, b)
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(grad(p16)))
     with pytest.raises(ValueError, match="precision: must be one of \\['bf16', 'float32'\\]"):
         Transformer(V, H, 1, X, **TINY, precision="fp16", rngs=nnx.Rngs(0))
 
@@ -504,6 +522,15 @@ def test_bf16_log_probs_within_roundoff_of_float32(batch):
     # ∞-norm error of the logits: |Δ log π̂| ≤ 2 · 2u · (layers + 1)
     tol = 4 * U_BF16 * (TINY["layers"] + 1)
     assert 0 < d.max() <= tol, (d.max(), tol)
+    # the gradient: the same first-order bound, relative to its norm, as each of its matmuls
+    # rounds the incoming gradient as well (a third rounding, hence 3u per matmul)
+    gs = []
+    for m in (m16, m32):
+        g, p, r = nnx.split(m, nnx.Param, ...)
+        gs.append(jnp.concatenate([a.ravel() for a in jax.tree.leaves(
+            loss_and_grad(g, p, r, x, y)[1])]))
+    rel = float(jnp.linalg.norm(gs[0] - gs[1]) / jnp.linalg.norm(gs[1]))
+    assert 0 < rel <= 2 * 3 * U_BF16 * (TINY["layers"] + 1), rel
 
 
 @pytest.mark.slow  # two whole-run compilations, ~15 s

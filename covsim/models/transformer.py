@@ -9,14 +9,16 @@ outputs at the last H positions predict y_0 .. y_{H-1}, so the loss sees respons
 Names: n batch, T sequence, C width, K heads, D = C / K head size, V response vocabulary.
 
 precision = "bf16" runs every matmul (q/k/v, attention scores and weighted sum, projections,
-MLP, head) on bfloat16 inputs with float32 accumulation (`preferred_element_type`); the
-parameters, the residual stream, LayerNorm, softmax and the returned log-probs stay float32,
-so the metrics computed from them are float32 too. "float32" (the default) is exact float32.
+MLP, head) and the matmuls of its gradient on bfloat16 inputs with float32 accumulation
+(`preferred_element_type`); the parameters and their gradients, the residual stream,
+LayerNorm, softmax and the returned log-probs stay float32, so the metrics computed from
+them are float32 too. "float32" (the default) is exact float32.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -30,17 +32,54 @@ _init = nnx.initializers.normal(0.02)  # GPT-2's initialisation
 PRECISIONS = {"float32": None, "bf16": jnp.bfloat16}  # name -> matmul input dtype
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _bf16_einsum(spec: str, a: Array, b: Array) -> Array:
+    """jnp.einsum(spec, a, b) on bfloat16 inputs, accumulated in and returned as float32.
+    Its gradients are einsums of the same kind (the incoming gradient cast to bfloat16):
+    JAX's own transpose would multiply a float32 gradient by a bfloat16 operand, which XLA
+    runs in float32. Every index of one operand must appear in the other or in the output
+    (no index summed within one operand), so each gradient is a two-operand einsum."""
+    return jnp.einsum(spec, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                      preferred_element_type=jnp.float32)
+
+
+def _bf16_einsum_fwd(spec: str, a: Array, b: Array):
+    a16, b16 = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)  # kept in bf16: half the bytes
+    return jnp.einsum(spec, a16, b16, preferred_element_type=jnp.float32), (a16, b16)
+
+
+def _bf16_einsum_bwd(spec: str, res, g: Array):
+    a16, b16 = res
+    (A, B), C = spec.split("->")[0].split(","), spec.split("->")[1]
+    if not (set(A) <= set(B) | set(C) and set(B) <= set(A) | set(C)):
+        raise ValueError(f"_bf16_einsum: {spec!r} sums an index within one operand")
+    g16 = g.astype(jnp.bfloat16)
+    da = jnp.einsum(f"{C},{B}->{A}", g16, b16, preferred_element_type=jnp.float32)
+    db = jnp.einsum(f"{C},{A}->{B}", g16, a16, preferred_element_type=jnp.float32)
+    return da, db
+
+
+_bf16_einsum.defvjp(_bf16_einsum_fwd, _bf16_einsum_bwd)
+
+
+def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, **kw):
+    """nnx.Linear's `dot_general` for precision = "bf16": (..., k) @ (k, f) as an (r, k) @
+    (k, f) `_bf16_einsum` on the flattened rows."""
+    del precision, kw  # float32 accumulation is fixed; no sharding is given here
+    if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or rhs.ndim != 2:
+        raise ValueError(f"bf16 dense layer: unsupported dimension numbers {dimension_numbers}")
+    out = _bf16_einsum("rk,kf->rf", lhs.reshape(-1, lhs.shape[-1]), rhs)
+    return out.reshape(*lhs.shape[:-1], rhs.shape[1])
+
+
 def _matmul_dtypes(precision: str) -> dict:
-    """nnx.Linear's dtype arguments for `precision`: inputs cast, accumulation in float32."""
-    dt = PRECISIONS[precision]
-    return {} if dt is None else {"dtype": dt, "preferred_element_type": jnp.float32}
+    """nnx.Linear's arguments for `precision`: none for float32, the bf16 matmul for bf16."""
+    return {} if PRECISIONS[precision] is None else {"dot_general": _bf16_dot_general}
 
 
 def _einsum(spec: str, a: Array, b: Array, dt) -> Array:
-    """jnp.einsum on inputs cast to dt (None: as given), accumulated and returned in float32."""
-    if dt is None:
-        return jnp.einsum(spec, a, b)
-    return jnp.einsum(spec, a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
+    """jnp.einsum, or `_bf16_einsum` when dt is bfloat16."""
+    return jnp.einsum(spec, a, b) if dt is None else _bf16_einsum(spec, a, b)
 
 
 class Block(nnx.Module):
@@ -69,15 +108,17 @@ class Block(nnx.Module):
         """Causal multi-head self-attention: (n·T, C) rows -> (n·T, C)."""
         C = h.shape[-1]
         K, D = self.K, C // self.K
-        qkv = self.qkv(h).reshape(n, T, 3, K, D)  # fused q, k, v
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (n, T, K, D)
+        # fused q, k, v, each (n, K, T, D): batch axes lead, so every einsum here and in the
+        # gradient is a plain batched matmul (XLA's CPU bf16 dots refuse some other layouts)
+        qkv = self.qkv(h).reshape(n, T, 3, K, D).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
         dt = PRECISIONS[self.precision]
-        s = _einsum("nqkd,npkd->nkqp", q, k, dt) / math.sqrt(D)  # (n, K, T, T) float32
+        s = _einsum("nkqd,nkpd->nkqp", q, k, dt) / math.sqrt(D)  # (n, K, T, T) float32
         causal = jnp.tril(jnp.ones((T, T), bool))
         # every row keeps its diagonal, so a finite fill never leaks mass and never gives NaN
         s = jnp.where(causal, s, jnp.finfo(s.dtype).min)
         a = self._drop(jax.nn.softmax(s, axis=-1))
-        o = _einsum("nkqp,npkd->nqkd", a, v, dt).reshape(n * T, C)
+        o = _einsum("nkqp,nkpd->nkqd", a, v, dt).transpose(0, 2, 1, 3).reshape(n * T, C)
         return self.proj(o)
 
     def __call__(self, x: Array) -> Array:
