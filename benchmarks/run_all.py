@@ -9,7 +9,8 @@ Rows (each the median of `--repeats` runs, with min–max):
   the naive loop (benchmarks/naive_horizon.py) against
   `covsim sweep experiments/horizon.toml` with the same workload, with a cold compile cache
   (a fresh COVSIM_CACHE_DIR) and a warm one; the runs alternate so load drifts hit both;
-* steady-state step: 1000 steps of covsim's trainer (its divergence flag included) against a
+* steady-state step: 1000 steps of covsim's trainer (`Trainer.train_steps`: its per-step
+  loss check and per-segment parameter check and freeze included) against a
   bare `lax.scan` of the same update on the same data, compiled, one seed, H = 16;
 * executors: the same workload as 16 one-seed cells (sweep.vmap_seeds = false), in process
   against `--executor process --workers 2`, each with a cold compile cache, alternating;
@@ -125,7 +126,7 @@ def steady_state(repeats: int) -> dict[str, list[float]]:
             return (optax.apply_updates(p, u), o), None
         return jax.lax.scan(body, (p, o), jnp.arange(1000))[0]
 
-    ours = jax.jit(lambda s: jax.lax.scan(lambda s, _: tr.step(data, s), s, None, length=1000)[0])
+    ours = jax.jit(lambda s: tr.train_steps(s, data)[0])  # eval_every = 1000 steps
     bare = jax.jit(bare)
     jax.block_until_ready((ours(state), bare(state.params, state.opt_state)))
     rows = {"covsim": [], "bare": []}
@@ -204,8 +205,8 @@ def main() -> None:
             f"about {compile_s:.0f} s of its {med['cold']:.0f} s compiling (cold minus warm "
             "cache, rows above), and each worker compiles the same programs (one per H) for "
             "itself; while it computes, the in-process run already keeps both cores busy "
-            "(XLA's intra-op threads, and a cell's seeds sharded over one host device per "
-            "core), so a second process adds no idle core to use.", "",
+            "(XLA's intra-op thread pool splits each one-seed step over both), so a second "
+            "process adds no idle core to use.", "",
         ]
     Path(a.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -128,16 +128,47 @@ def test_divergence_is_recorded_and_isolated(chain):
     sums = [float(jnp.sum(tr.init_params(jax.random.split(jax.random.key(s), 4)[0])["table"][...]))
             for s in seeds]
     dv = np.asarray(out.diverged_step)
-    assert set(dv[np.array(sums) > 0]) == {12} and set(dv[np.array(sums) <= 0]) == {-1}
-    assert 0 < np.sum(dv == 12) < len(seeds)
+    # step 12's update makes the parameters NaN: step 13's loss is the first non-finite one
+    assert set(dv[np.array(sums) > 0]) == {13} and set(dv[np.array(sums) <= 0]) == {-1}
+    assert 0 < np.sum(dv == 13) < len(seeds)
     kl = np.asarray(out.metrics.kl)
-    assert np.all(np.isnan(kl[dv == 12, 2])) and np.all(np.isfinite(kl[dv == 12, :2]))
+    assert np.all(np.isnan(kl[dv == 13, 2])) and np.all(np.isfinite(kl[dv == 13, :2]))
     assert np.all(np.isfinite(kl[dv == -1]))
     ok = int(np.flatnonzero(dv == -1)[0])  # a healthy seed is unaffected by its neighbours
     alone = run_seeds(tr, [ok])
     np.testing.assert_allclose(np.asarray(alone.metrics.kl[0]), kl[ok], rtol=1e-5)
     recs = to_records(out, spec, coords={"task.H": 6}, seeds=seeds)
-    assert {r["diverged_step"] for r in recs} == {12, -1}
+    assert {r["diverged_step"] for r in recs} == {13, -1}
+
+
+class _WithSpare(nnx.Module):
+    """A learner with a parameter no loss reads (as a table row no batch visits)."""
+
+    def __init__(self, base, rngs):
+        self.base = base
+        self.spare = nnx.Param(jnp.zeros(3))
+
+    def __call__(self, x, y):
+        return self.base(x, y)
+
+
+def test_non_finite_parameters_the_loss_never_sees_are_caught_at_the_segment_end(chain):
+    def nan_spare_at(step):  # SGD that makes only the spare parameter NaN at `step`
+        def update(g, count, params):
+            def one(path, a):
+                spare = any(getattr(k, "key", None) == "spare" for k in path)
+                return jnp.where((count == step) & spare, jnp.nan, -0.1 * a)
+            return jax.tree_util.tree_map_with_path(one, g), count + 1
+        return optax.GradientTransformation(lambda p: jnp.int32(0), update)
+
+    spec = TrainSpec(steps=30, batch_size=8, eval_every=10, eval_samples=300)
+    mf = lambda k: _WithSpare(tabular_fn(chain)(k), nnx.Rngs(k))
+    out = run_seeds(make_train(chain, mf, nan_spare_at(12), spec), 2)
+    assert np.all(np.isfinite(np.asarray(out.train_loss)[:, 1:]))  # the loss never shows it
+    assert np.asarray(out.diverged_step).tolist() == [19, 19]  # the end of steps 10..19
+    kl = np.asarray(out.metrics.kl)
+    assert np.all(np.isfinite(kl[:, :2])) and np.all(np.isnan(kl[:, 2:]))
+    assert np.all(np.isfinite(jax.tree.leaves(out.params["spare"])[0]))  # frozen at step 10
 
 
 def test_checkpoints_round_trip(chain, tmp_path):
