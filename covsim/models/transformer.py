@@ -72,7 +72,7 @@ def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, **kw):
     return out.reshape(*lhs.shape[:-1], rhs.shape[1])
 
 
-def _matmul_dtypes(precision: str) -> dict:
+def _dense_kwargs(precision: str) -> dict:
     """nnx.Linear's arguments for `precision`: none for float32, the bf16 matmul for bf16."""
     return {} if PRECISIONS[precision] is None else {"dot_general": _bf16_dot_general}
 
@@ -90,7 +90,7 @@ class Block(nnx.Module):
         # residual projections scaled by 1/√(2·layers) so the residual stream's variance
         # does not grow with depth (GPT-2)
         out_init = nnx.initializers.normal(0.02 / math.sqrt(2 * layers))
-        mm = _matmul_dtypes(precision)
+        mm = _dense_kwargs(precision)
         self.K = K
         self.precision = precision
         self.ln1 = nnx.LayerNorm(C, epsilon=1e-5, rngs=rngs)
@@ -181,7 +181,7 @@ class Transformer(nnx.Module):
         )
         self.ln_f = nnx.LayerNorm(C, epsilon=1e-5, rngs=rngs)
         self.head = nnx.Linear(C, self.V, use_bias=False, kernel_init=_init, rngs=rngs,
-                               **_matmul_dtypes(precision))
+                               **_dense_kwargs(precision))
 
     def __call__(self, prompts: Array, responses: Array) -> Array:
         """(n, P), (n, H) int32 -> (n, H, V) float32: log π̂(· | x, y_{<h}), teacher-forced."""
