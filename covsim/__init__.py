@@ -15,5 +15,16 @@ Where things are (imports point downwards only):
 
 from covsim.registry import register_model, register_optimizer, register_task
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("covsim")
+    except PackageNotFoundError:  # a source tree on sys.path, never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 __all__ = ["register_model", "register_optimizer", "register_task"]

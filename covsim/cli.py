@@ -178,6 +178,12 @@ def _preflight(cfg: Config, one_cell: bool = False, show: bool = False) -> None:
                       file=sys.stderr, flush=True)
 
 
+def _version() -> str:
+    from covsim import __version__
+
+    return __version__
+
+
 def _load_cli(args) -> tuple[Config, Path]:
     """The config of `run`/`sweep` (CONFIG, --profile, --set) and its output directory:
     --out, else runs/<profile>/<name> for a sweep and runs/<profile>/<name>-run for a run (the
@@ -531,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="covsim", description="Simulate the coverage principle (arXiv 2510.15020)."
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--version", action="version", version=f"covsim {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, out_help: str):

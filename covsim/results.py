@@ -396,6 +396,25 @@ def flatten_record(rec: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def metrics_frame(out, spec, coords: Mapping[str, Any] | None = None, seeds=None) -> pd.DataFrame:
+    """A `covsim.train` TrainOutput (one seed, or a leading seed axis from `run_seeds`) as the
+    DataFrame `read_metrics` gives for a run directory, without writing one: one row per
+    (seed, checkpoint), with `coords` as constant columns and cov/pass_at flattened to
+    "cov@N"/"pass@N". `spec` is the run's TrainSpec; `seeds` labels the seed axis (default
+    0, 1, ...).
+
+        out = run_seeds(make_train(task, model_fn, optax.adam(0.05), spec), 8)
+        df = metrics_frame(out, spec, coords={"task.H": task.H})
+    """
+    import pandas as pd
+
+    from covsim.train import to_records
+
+    rows = [flatten_record(r) for r in to_records(out, spec, coords=dict(coords or {}),
+                                                   seeds=seeds)]
+    return pd.DataFrame.from_records(rows)
+
+
 def read_metrics(directory: str | Path) -> pd.DataFrame:
     """All evaluation records of a run dir, or of every finished cell of a sweep dir.
 

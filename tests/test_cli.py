@@ -451,3 +451,15 @@ def test_a_large_cell_prints_its_estimate_before_it_starts(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["fig2 cell task.L=8", "fig2 cell task.L=10"]
     assert all("1 seed(s)" in ln and "GiB" in ln and "FLOP" in ln for ln in lines)
+
+
+def test_version_comes_from_the_installed_distribution(capsys):
+    from importlib.metadata import version
+
+    import covsim
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"covsim {version('covsim')}\n"
+    assert covsim.__version__ == version("covsim")

@@ -353,3 +353,22 @@ def test_microbatches_give_the_batch_update(chain):
 def test_microbatch_is_validated(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainSpec(steps=10, batch_size=8, eval_every=10, **kw)
+
+
+def test_metrics_frame_is_what_read_metrics_gives_for_the_written_run(chain, tmp_path):
+    from covsim.config import load_config
+    from covsim.results import RunResult, metrics_frame, read_metrics, write_run
+
+    spec = TrainSpec(steps=20, batch_size=8, n_train=32, eval_every=10, eval_samples=64,
+                     Ns=(2.0, 8.0))
+    out = run_seeds(make_train(chain, tabular_fn(chain), optax.adam(0.05), spec), [3, 5])
+    df = metrics_frame(out, spec, coords={"task.H": chain.H}, seeds=[3, 5])
+    assert len(df) == 2 * 3 and sorted(set(df["seed"])) == [3, 5]
+    assert {"cov@2", "cov@8", "cov_lo@8", "kl", "kl_se", "task.H"} <= set(df.columns)
+    cfg = load_config(Path(__file__).parents[1] / "experiments" / "horizon.toml", "quick")
+    write_run(tmp_path / "r", cfg, RunResult(to_records(out, spec, seeds=[3, 5])),
+              coords={"task.H": chain.H})
+    import pandas as pd
+
+    back = read_metrics(tmp_path / "r").drop(columns="run")
+    pd.testing.assert_frame_equal(df[back.columns], back, check_dtype=False)
