@@ -54,6 +54,7 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from covsim import __version__
 from covsim.config import Config, ConfigError, load_config, profile_names, to_toml
 from covsim.report import REPORT, report_row, update_report
 
@@ -176,12 +177,6 @@ def _preflight(cfg: Config, one_cell: bool = False, show: bool = False) -> None:
                 where = ", ".join(f"{k}={v}" for k, v in cell.coords.items() if k != "seed")
                 print(f"{cfg.experiment.name} cell {where or '(single point)'}: {est.line()}",
                       file=sys.stderr, flush=True)
-
-
-def _version() -> str:
-    from covsim import __version__
-
-    return __version__
 
 
 def _load_cli(args) -> tuple[Config, Path]:
@@ -537,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="covsim", description="Simulate the coverage principle (arXiv 2510.15020)."
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--version", action="version", version=f"covsim {_version()}")
+    p.add_argument("--version", action="version", version=f"covsim {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp, out_help: str):

@@ -99,8 +99,16 @@ def _gib(b: float) -> str:
 
 def n_params(model_fn) -> int:
     """Parameter count of `model_fn(key)`'s model, from shapes only (nothing allocated)."""
-    abstract = nnx.eval_shape(lambda: model_fn(jax.random.key(0)))
-    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    return _param_count(_abstract_model(model_fn))
+
+
+def _abstract_model(model_fn):
+    """`model_fn(key)`'s model with shapes for arrays (nnx.eval_shape: nothing allocated)."""
+    return nnx.eval_shape(lambda: model_fn(jax.random.key(0)))
+
+
+def _param_count(model) -> int:
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def memory_estimate(spec: TrainSpec, task: Task, params: int, n_seeds: int = 1) -> dict[str, int]:
@@ -165,10 +173,8 @@ def cell_estimate(cfg: Config, n_seeds: int = 1, model_fn_of=build_model_fn) -> 
     memory, flops = {}, 0.0
     for sc in stages:
         task, spec = build_task(sc), train_spec(sc)
-        model_fn = model_fn_of(sc, task)
-        model = nnx.eval_shape(lambda f=model_fn: f(jax.random.key(0)))
-        n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
-        terms = memory_estimate(spec, task, n, n_seeds)
+        model = _abstract_model(model_fn_of(sc, task))
+        terms = memory_estimate(spec, task, _param_count(model), n_seeds)
         if hasattr(model, "activation_bytes"):
             rows = spec.microbatch or spec.batch_size  # gradient accumulation: one slice's
             terms["activations"] = n_seeds * model.activation_bytes(rows)
@@ -192,8 +198,8 @@ def fitting_seed_mode(cfg: Config, n_seeds: int, n_devices: int, model_fn_of=bui
     per_device = -(-n_seeds // max(n_devices, 1))
     if per_device <= 1:
         return "auto"
-    need = lambda s: sum(cell_estimate(cfg, s, model_fn_of).memory.values())
-    return "loop" if need(per_device) > have >= need(1) else "auto"
+    one = sum(cell_estimate(cfg, 1, model_fn_of).memory.values())  # every term ∝ seeds
+    return "loop" if per_device * one > have >= one else "auto"
 
 
 def device_memory_bytes() -> int:
