@@ -11,6 +11,9 @@
                  [--update-repo] [--executor ...] [--workers K]
                                                    run (resume) the claim's sweeps, draw, judge
     covsim demo [--out DIR] [--set ...]            a one-minute tour (coverage table, KL)
+    covsim coverage REF STUDENT [--Ns ...] [--alpha A] [--out DIR] [--format png|pdf|svg]
+                                                   Cov_N, KL and Prop. 3.1's bound of a model
+                                                   pair from log-prob files (logprob_files)
     covsim -q ...                                  no progress bars
 
 CONFIG is a TOML file or an experiment's name (experiments/<name>.toml, found as `reproduce`
@@ -55,6 +58,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from covsim import __version__
+from covsim.checks import DEFAULT_ALPHA
 from covsim.config import Config, ConfigError, load_config, profile_names, to_toml
 from covsim.report import REPORT, report_row, update_report
 
@@ -519,6 +523,52 @@ def cmd_demo(args) -> int:
     return 0
 
 
+#: `covsim coverage`'s default N grid: powers of two, 2 to 65536
+COVERAGE_NS = tuple(2**k for k in range(1, 17))
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def _parse_Ns(text: str) -> list[float]:
+    try:
+        Ns = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--Ns: comma-separated numbers ≥ 1, got {text!r}") from None
+    if not Ns or any(not (math.isfinite(v) and v >= 1) for v in Ns):
+        raise UsageError(f"--Ns: comma-separated finite numbers ≥ 1, got {text!r}")
+    return sorted(set(Ns))
+
+
+def cmd_coverage(args) -> int:
+    """The coverage profile of a (reference, student) pair from their log-prob files."""
+    from covsim import plots
+    from covsim.fileio import atomic_write_text
+    from covsim.logprob_files import coverage_report, read_pair
+    from covsim.results import dumps
+
+    Ns = _parse_Ns(args.Ns) if args.Ns else list(COVERAGE_NS)
+    if not 0 < args.alpha < 1:
+        raise UsageError(f"--alpha: a level in (0, 1), got {args.alpha}")
+    ref, student = read_pair(args.ref, args.student)
+    rep = coverage_report(ref, student, Ns, alpha=args.alpha)
+    name = f"{Path(args.ref).stem}-vs-{Path(args.student).stem}"
+    out = Path(args.out) if args.out else Path(RUNS) / "coverage" / name
+    level = round(100 * (1 - rep.alpha), 6)
+    print(f"{args.student} against reference {args.ref}: n = {rep.n} samples")
+    print(f"KL(π_D ‖ π̂) = {rep.kl:.6g} ± {rep.kl_se:.3g} nats (Monte-Carlo mean ± s.e.)")
+    print(f"{'N':>8} {'Cov_N':>9} {f'{level:g}% Wilson interval':>24} {'Prop. 3.1 bound':>16}")
+    for i, N in enumerate(rep.N):
+        bound = f"{min(rep.bound[i], 1.0):.4g}" if N > 1 else "-"
+        print(f"{_n(N):>8} {rep.cov[i]:>9.5f}   [{rep.lo[i]:.5f}, {rep.hi[i]:.5f}]    "
+              f"{bound:>14}")
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"ref": str(args.ref), "student": str(args.student), **rep.to_dict()}
+    atomic_write_text(out / "coverage.json", dumps(doc, indent=1) + "\n")
+    fig = plots.coverage_pair_figure(rep, f"{Path(args.student).name} vs {Path(args.ref).name}")
+    fig_path = plots.save(fig, out / f"profile.{args.format}")
+    print(f"-> {out / 'coverage.json'}, {fig_path}")
+    return 0
+
+
 def _n(N: float) -> str:
     return str(int(N)) if float(N).is_integer() else repr(float(N))
 
@@ -599,6 +649,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=_positive, default=1, metavar="K")
     sp.set_defaults(fn=cmd_reproduce)
 
+    sp = sub.add_parser(
+        "coverage",
+        help="coverage profile, KL and Prop. 3.1's bound from two log-prob files",
+        description="REF holds log π_D(y|x) of samples y drawn from the reference, STUDENT "
+        "log π̂(y|x) of the same samples (row by row, or matched by an id column): .npy "
+        "((n,) per sequence or (n, T) per token, summed; NaN = padding), .jsonl (\"logp\" or "
+        "\"token_logps\", optional \"id\") or .parquet (the same columns). Prints Cov_N with "
+        "Wilson intervals, KL with its standard error and Prop. 3.1's bound; writes "
+        "coverage.json and the profile figure to --out.",
+    )
+    sp.add_argument("ref", metavar="REF", help="log-probs under the reference π_D")
+    sp.add_argument("student", metavar="STUDENT", help="log-probs under the student π̂")
+    sp.add_argument("--Ns", metavar="N1,N2,...", help="thresholds N ≥ 1 (default 2, 4, ..., "
+                    "65536)")
+    sp.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                    help=f"intervals at level 1 − alpha (default {DEFAULT_ALPHA})")
+    sp.add_argument("--out", metavar="DIR", help="default runs/coverage/<REF>-vs-<STUDENT>")
+    sp.add_argument("--format", choices=FIGURE_FORMATS, default="png", help="figure format")
+    sp.set_defaults(fn=cmd_coverage)
+
     sp = sub.add_parser("demo", help="one-minute demo: coverage profile and KL over training")
     sp.add_argument("--out", default=f"{RUNS}/demo", metavar="DIR")
     sp.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
@@ -623,6 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     devices.use_host_cores()  # a CPU's cores become devices that run_seeds shards seeds over
     from covsim import interrupt
+    from covsim.logprob_files import LogprobFileError
     from covsim.outdir import OutputError
     from covsim.results import CorruptResult
     from covsim.sweep import SweepError
@@ -633,7 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             interrupt.check()  # a Ctrl-C swallowed on the way (in a gc callback) still counts
             sys.stdout.flush()  # inside the try: a reader that left shows here, not at exit
         return rc
-    except (ConfigError, UsageError, SweepError, OutputError, CorruptResult) as e:
+    except (ConfigError, UsageError, SweepError, OutputError, CorruptResult,
+            LogprobFileError) as e:
         msg = " ".join(str(e).split())
         if isinstance(e, SweepError):  # the library's keyword is this command's flag
             msg = msg.replace("force=True", "--force")

@@ -210,6 +210,42 @@ def save(fig, path: str | Path, dpi: int = DPI) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# The coverage profile N ↦ Cov_N
+
+
+def profile_plot(ax, N, cov, lo=None, hi=None, label: str | None = None, **line_kw):
+    """The coverage profile N ↦ Cov_N on a log-x axis, (k,) arrays, with its interval [lo, hi]
+    shaded when given. Cov_N = 0 cannot sit on a log-y axis, so y stays linear on [0, 1].
+    Returns the Line2D."""
+    N = np.asarray(N, float)
+    (line,) = ax.plot(N, np.asarray(cov, float), marker=".", label=label, **line_kw)
+    if lo is not None and hi is not None:
+        ax.fill_between(N, np.asarray(lo, float), np.asarray(hi, float),
+                        color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N")
+    ax.set_ylabel("Cov_N = P_π_D[π_D/π̂ ≥ N]")
+    return line
+
+
+def coverage_pair_figure(report, title: str):
+    """`covsim coverage`'s figure of a `logprob_files.CoverageReport`: the profile with its
+    Wilson band and Prop. 3.1's bound KL/(log N − 1 + 1/N) (capped at 1, N > 1) dashed."""
+    fig, ax = plt.subplots(figsize=(3.3, 2.6))
+    level = round(100 * (1 - report.alpha))
+    profile_plot(ax, report.N, report.cov, report.lo, report.hi,
+                 label=f"Cov_N ({level}% Wilson, n={report.n})")
+    ok = report.N > 1
+    theory_line(ax, report.N[ok], np.minimum(report.bound[ok], 1.0),
+                f"Prop. 3.1 bound, KL = {report.kl:.3g} ± {report.kl_se:.2g}", lw=1.0)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
 # A length sweep (Fig. 2's layout)
 
 
