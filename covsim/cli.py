@@ -2,7 +2,7 @@
 
     covsim list                                    claims and experiments
     covsim describe NAME                           a task/model/optimizer/runner's parameters
-    covsim run CONFIG [--profile P] [--out DIR] [--set a.b=v ...]
+    covsim run CONFIG [--profile P] [--out DIR] [--set a.b=v ...] [--log csv,tensorboard,...]
     covsim sweep CONFIG [--profile P] [--out DIR] [--set ...] [--executor local|process|ray]
                  [--address auto|HOST:PORT]
                  [--workers K] [--force] [--yes]     the grid over [sweep.axes], resumable
@@ -191,6 +191,12 @@ def _load_cli(args) -> tuple[Config, Path]:
     p = config_path(args.config)
     profile = _profile(p, args.profile)
     cfg = load_config(p, profile, list(args.set))
+    if args.log is not None:  # --log csv,tensorboard: the writers of [log], replaced
+        names = [n.strip() for n in args.log.split(",") if n.strip()]
+        try:
+            cfg = cfg.with_values({"log.writers": names})
+        except ConfigError as e:
+            raise UsageError(f"--log: {' '.join(str(e).split())}") from None
     if args.out:
         return cfg, Path(args.out)
     name = cfg.experiment.name + ("-run" if args.command == "run" else "")
@@ -256,7 +262,7 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     from covsim.outdir import owned_output
     from covsim.results import write_run
-    from covsim.sweep import cell_config, expand_grid, sweep_bytes
+    from covsim.sweep import cell_config, expand_grid, log_cell, open_writers, sweep_bytes
 
     cfg, out = _load_cli(args)
     if cfg.sweep.axes:
@@ -272,6 +278,8 @@ def cmd_run(args) -> int:
     with owned_output(out, "run", cfg.experiment.name, need_bytes=sweep_bytes(cfg, [cell])):
         result = _cell_fn(cell_config(cfg, cell), cell)
         write_run(out, cell_config(cfg, cell), result)
+        with open_writers(cfg, out) as writers:
+            log_cell(writers, cell, result.records)
     tag = f"diverged at step {result.diverged_step}" if result.diverged else "done"
     print(f"{cfg.experiment.name}: {tag} in {time.perf_counter() - t0:.1f} s -> {out}")
     return 0
@@ -599,6 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
             default=[],
             metavar="PATH=VALUE",
             help="override a config value, e.g. --set train.steps=200 (repeatable)",
+        )
+        sp.add_argument(
+            "--log",
+            metavar="W1,W2",
+            help="log writers, replacing [log] writers: jsonl, csv, tensorboard, wandb "
+            "(written to [log] dir, default <out>/logs)",
         )
 
     sp = sub.add_parser("list", help="list claims and experiments")

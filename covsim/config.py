@@ -234,6 +234,17 @@ class PretrainSection(_Section):
     train: TrainSection
 
 
+class LogSection(_Section):
+    """Where the evaluation records are also sent (`covsim.log_writers`): logs beside the
+    run directories, not part of the experiment, so they never change a cell's config or the
+    sweep's hash (a resumed sweep may add or drop writers)."""
+
+    writers: list[Literal["jsonl", "csv", "tensorboard", "wandb"]] = Field(default_factory=list)
+    dir: Annotated[str, Field(min_length=1)] | None = None  # default: <output directory>/logs
+    wandb_project: Annotated[str, Field(min_length=1)] = "covsim"
+    wandb_mode: Literal["online", "offline"] | None = None  # None: W&B's own (WANDB_MODE)
+
+
 class Config(_Section):
     """A resolved experiment config (profile and overrides applied, validated)."""
 
@@ -245,6 +256,7 @@ class Config(_Section):
     runner: RunnerSection | None = None
     pretrain: PretrainSection | None = None
     sweep: SweepSection = Field(default_factory=SweepSection)
+    log: LogSection | None = None  # log writers (not part of the experiment: see LogSection)
 
     _registry: Registry = PrivateAttr(default_factory=lambda: REGISTRY)
 
@@ -256,8 +268,13 @@ class Config(_Section):
         return to_toml(self.to_dict())
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON of `to_dict()`: equal configs, equal hashes."""
-        return digest(self.to_dict()).hex()
+        """sha256 of the canonical JSON of `to_dict()` less [log]: equal experiments, equal
+        hashes, whichever writers log them."""
+        return digest({k: v for k, v in self.to_dict().items() if k != "log"}).hex()
+
+    def without_log(self) -> Config:
+        """This config with no [log] section (what a cell's run directory records)."""
+        return self.model_copy(update={"log": None})
 
     def get(self, path: str) -> Any:
         """Value at a dotted path, e.g. ``cfg.get("task.H")`` (None for an unset optional)."""
@@ -389,7 +406,7 @@ def _check_semantics(cfg: Config, registry: Registry) -> None:
     for axis, values in cfg.sweep.axes.items():
         where = f"sweep.axes[{axis!r}]"
         segs = _split(axis)
-        if segs[0] in ("experiment", "sweep"):
+        if segs[0] in ("experiment", "sweep", "log"):
             raise ConfigError(f"{where}: cannot sweep over the {segs[0]} section")
         try:
             _resolve(copy.deepcopy(raw), segs, registry, create=True)

@@ -44,6 +44,7 @@ from covsim import interrupt
 from covsim.checks import check_int
 from covsim.config import Config, ConfigError, dump_config
 from covsim.fileio import atomic_write_text, digest, remove_temps
+from covsim.log_writers import Writers, run_keys
 from covsim.outdir import owned_output, results_bytes
 from covsim.results import (
     EVENTS,
@@ -52,6 +53,7 @@ from covsim.results import (
     CorruptResult,
     RunResult,
     dumps,
+    flatten_record,
     read_manifest,
     to_jsonable,
     verify_run,
@@ -144,7 +146,8 @@ def expand_grid(
 def cell_config(cfg: Config, cell: Cell) -> Config:
     """The config of one cell: axis values set, no axes left, the cell's seeds."""
     values = {k: v for k, v in cell.coords.items() if k != "seed"}
-    return cfg.with_values({**values, "sweep.axes": {}, "sweep.seeds": list(cell.seeds)})
+    cell_cfg = cfg.with_values({**values, "sweep.axes": {}, "sweep.seeds": list(cell.seeds)})
+    return cell_cfg.without_log()  # logging is the driver's, not the cell's
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,11 +437,52 @@ def run_sweep(
         run = _RUNNERS[executor]
         if address is not None:
             run = functools.partial(run, address=address)
-        return _run_cells(cfg, config_hash, cells, cfgs, cell_fn, out, run, workers, progress)
+        with open_writers(cfg, out) as writers:
+            return _run_cells(cfg, config_hash, cells, cfgs, cell_fn, out, run, workers,
+                              progress, writers)
+
+
+def open_writers(cfg: Config, out: Path) -> Writers:
+    """The log writers of cfg's [log] (none without one), logging under log.dir or out/logs;
+    the sweep axes (and "seed") are the runs' coordinates, not scalars."""
+    log = cfg.log
+    if log is None or not log.writers:
+        return Writers((), out)
+    coords = [*cfg.sweep.axes, "seed"]
+    return Writers(log.writers, Path(log.dir) if log.dir else out / "logs",
+                   experiment=cfg.experiment.name, coords=coords,
+                   wandb_project=log.wandb_project, wandb_mode=log.wandb_mode,
+                   config=_flat_config(cfg.without_log()))
+
+
+def _flat_config(cfg: Config) -> dict[str, Any]:
+    """The config as {dotted path: value} (a W&B run's config)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, d: Any) -> None:
+        if isinstance(d, Mapping) and d:
+            for k, v in d.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = to_jsonable(d)
+
+    walk("", {k: v for k, v in cfg.to_dict().items() if k != "sweep"})
+    return out
+
+
+def log_cell(writers: Writers, cell: Cell, records: Sequence[Mapping[str, Any]]) -> None:
+    """Send a finished cell's records to the writers (one learner per seed). A writer that
+    fails is reported on stderr and dropped; the cell's results are already on disk."""
+    if not writers.writers:
+        return
+    flat = [flatten_record({**cell.coords, **r}) for r in records]
+    for run, recs in run_keys(cell.id, flat, one_seed=len(cell.seeds) == 1).items():
+        for err in writers.log(run, recs):
+            print(f"log writer dropped: {err}", file=sys.stderr, flush=True)
 
 
 def _run_cells(
-    cfg, config_hash, cells, cfgs, cell_fn, out, run, workers, progress
+    cfg, config_hash, cells, cfgs, cell_fn, out, run, workers, progress, writers
 ) -> dict[str, Any]:
     remove_temps(out)
     corrupt = {}
@@ -486,6 +530,8 @@ def _run_cells(
                         e["status"], e["error"] = ("diverged" if res.diverged else "done"), None
                     except (TypeError, ValueError) as err:  # the result breaks the contract
                         res = Failure(_error_text(err))
+                    else:
+                        log_cell(writers, cell, res.records)
                 if isinstance(res, Failure):
                     e["status"], e["error"] = "failed", res.error
                     failed += 1
