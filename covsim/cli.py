@@ -6,7 +6,8 @@
     covsim sweep CONFIG [--profile P] [--out DIR] [--set ...] [--executor local|process|ray]
                  [--address auto|HOST:PORT]
                  [--workers K] [--force] [--yes]     the grid over [sweep.axes], resumable
-    covsim plot DIR [--out FOLDER]                 figures from a run or sweep directory
+    covsim plot DIR [--out FOLDER] [--format png|pdf|svg]
+                                                   figures from a run or sweep directory
     covsim reproduce CLAIM|--all [--profile P] [--out RUNS] [--figures FOLDER] [--report FILE]
                  [--update-repo] [--executor ...] [--workers K]
                                                    run (resume) the claim's sweeps, draw, judge
@@ -407,10 +408,10 @@ def cmd_plot(args) -> int:
     exp = read_config(d).experiment
     claim = CLAIMS.get(exp.claim)
     out = Path(args.out) if args.out else d / FIGURES
-    if claim is not None and tuple(claim.experiments) == (exp.name,):
-        files = claim.figure({exp.name: d}, out)
+    if args.format is None and claim is not None and tuple(claim.experiments) == (exp.name,):
+        files = claim.figure({exp.name: d}, out)  # the claim's own figure (PNG)
     else:
-        files = plots.plot_run(d, out)
+        files = plots.plot_run(d, out, fmt=args.format or "png")
     for f in files:
         print(f)
     return 0
@@ -533,7 +534,7 @@ def cmd_demo(args) -> int:
 
 #: `covsim coverage`'s default N grid: powers of two, 2 to 65536
 COVERAGE_NS = tuple(2**k for k in range(1, 17))
-FIGURE_FORMATS = ("png", "pdf", "svg")
+FIGURE_FORMATS = ("png", "pdf", "svg")  # covsim.style.FORMATS (not imported here: matplotlib)
 
 
 def _parse_Ns(text: str) -> list[float]:
@@ -645,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("plot", help="draw the figures of a run or sweep directory")
     sp.add_argument("dir", metavar="DIR")
     sp.add_argument("--out", metavar="FOLDER", help="default DIR/figures/")
+    sp.add_argument("--format", choices=FIGURE_FORMATS,
+                    help="the generic figures (step curves, coverage profile) in this format; "
+                    "without it a claim's directory gets the claim's own PNG figure")
     sp.set_defaults(fn=cmd_plot)
 
     sp = sub.add_parser("reproduce", help="run a claim's experiments, draw, print the verdict")

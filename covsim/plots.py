@@ -32,12 +32,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from covsim import style  # noqa: E402
 from covsim.fileio import atomic_write_text  # noqa: E402
 from covsim.results import read_metrics, read_summaries  # noqa: E402
 from covsim.stats import finals, linear_fit  # noqa: E402
 
-DPI = 150
+DPI = style.DPI
 INF_MARKER = "^"
+style.use()
 
 LabelFmt = str | Callable[[str, Any], str]
 
@@ -111,11 +113,14 @@ def band_plot(
     when `by` is None. NaN rows are dropped; infinite medians are drawn as ▲ at the top of the
     axes, bands reaching ∞ are shaded up to the top. Extra keywords go to `ax.plot`."""
     s = summarize(df, x, y, by, q)
+    if by is not None and isinstance(df[by].dtype, pd.CategoricalDtype):
+        # keep the categorical's own order (e.g. sweep points by value, `_group_labels`)
+        s[by] = pd.Categorical(s[by], categories=df[by].cat.categories, ordered=True)
     if logy:
         ax.set_yscale("log")
     if logx:
         ax.set_xscale("log")
-    groups = [(None, s)] if by is None else list(s.groupby(by, sort=True))
+    groups = [(None, s)] if by is None else list(s.groupby(by, sort=True, observed=True))
     inf_top: list[tuple[Any, pd.DataFrame, str]] = []  # bands to extend once the limits are known
     any_inf = False
     for v, g in groups:
@@ -231,7 +236,7 @@ def profile_plot(ax, N, cov, lo=None, hi=None, label: str | None = None, **line_
 def coverage_pair_figure(report, title: str):
     """`covsim coverage`'s figure of a `logprob_files.CoverageReport`: the profile with its
     Wilson band and Prop. 3.1's bound KL/(log N − 1 + 1/N) (capped at 1, N > 1) dashed."""
-    fig, ax = plt.subplots(figsize=(3.3, 2.6))
+    fig, ax = plt.subplots(figsize=style.size("single"))
     level = round(100 * (1 - report.alpha))
     profile_plot(ax, report.N, report.cov, report.lo, report.hi,
                  label=f"Cov_N ({level}% Wilson, n={report.n})")
@@ -240,8 +245,8 @@ def coverage_pair_figure(report, title: str):
                 f"Prop. 3.1 bound, KL = {report.kl:.3g} ± {report.kl_se:.2g}", lw=1.0)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=8)
+    ax.legend()
+    ax.set_title(title)
     return fig
 
 
@@ -262,8 +267,10 @@ def length_figure(d: Path, by: str, N: int, label_fmt: str, xlabel: str, title: 
     kl_med = [float(np.nanmedian(fin.loc[fin[by] == h, "kl"])) for h in Hs]
     slope, icpt, r2 = linear_fit(Hs, kl_med)
     seeds = int(fin.groupby(by)["seed"].nunique().min())
+    q, caption = (q, "band = 1/16–15/16 quantiles") if seeds >= style.MIN_SEEDS_FOR_QUANTILES \
+        else style.band(seeds)
 
-    fig, axs = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axs = plt.subplots(1, 3, figsize=style.size("double", 0.36))
     panels = [
         ("kl", "sequence KL(π_D ‖ π̂) [nats]", True),
         (col, f"Cov_{N} (π_D mass with π_D/π̂ ≥ {N})", False),
@@ -292,8 +299,7 @@ def length_figure(d: Path, by: str, N: int, label_fmt: str, xlabel: str, title: 
     axs[0].plot([], [], " ", label=fit)
     axs[0].legend(fontsize=7)
     axs[2].legend(fontsize=7)
-    fig.suptitle(f"{title}; median over {seeds} seeds, band = 1/16–15/16 quantiles",
-                 fontsize=9)
+    fig.suptitle(f"{title}; median over {seeds} seeds, {caption.split(', ')[-1]}")
     return fig
 
 
@@ -314,46 +320,92 @@ def sweep_axes(directory: str | Path) -> list[str]:
     return axes
 
 
-def plot_run(directory: str | Path, out_folder: str | Path, name: str | None = None) -> list[Path]:
-    """KL, CE and Cov_N (each N of the grid) against step, median over seeds with a band, one
-    line per point of the sweep axes; written to out_folder/<name or dir name>.png."""
+def plot_run(directory: str | Path, out_folder: str | Path, name: str | None = None,
+             fmt: str = "png") -> list[Path]:
+    """Two figures of a run or sweep directory, median over seeds with a band (min–max below
+    16 seeds, `style.band`), one line per point of the sweep axes in numeric order:
+    out_folder/<name>.<fmt>, KL, CE and Cov_N (each N of the grid) against step; and
+    out_folder/<name>_profile.<fmt>, the coverage profile N ↦ Cov_N at the last step."""
+    if fmt not in style.FORMATS:
+        raise ValueError(f"argument fmt must be one of {style.FORMATS}, got {fmt!r}")
     directory = Path(directory)
+    name = name or directory.name
     df = read_metrics(directory)
     if df.empty or "step" not in df.columns:
         raise ValueError(f"{directory}: no evaluation records to plot (no finished runs)")
     axes = [a for a in sweep_axes(directory) if a in df.columns]
     by = None
     if axes:
-        df = df.assign(
-            _group=[
-                ", ".join(f"{a.rsplit('.', 1)[-1]}={v}" for a, v in zip(axes, row, strict=True))
-                for row in df[axes].itertuples(index=False)
-            ]
-        )
+        df = df.assign(_group=_group_labels(df, axes))
         by = "_group"
     cov_cols = sorted((c for c in df.columns if c.startswith("cov@")), key=lambda c: float(c[4:]))
     panels = [c for c in ("kl", "ce") if c in df.columns] + cov_cols
+    seeds = int(df.groupby(by)["seed"].nunique().min()) if by and "seed" in df.columns else (
+        df["seed"].nunique() if "seed" in df.columns else 1)
+    q, caption = style.band(seeds)
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
-    fig, axs = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.4 * nrow), squeeze=False)
-    ylabels = {"kl": "sequence KL(π_D‖π̂) [nats]", "ce": "sequence cross-entropy [nats]"}
-    seeds = df["seed"].nunique() if "seed" in df.columns else 1
+    width = style.WIDTHS["double" if ncol > 1 else "single"]
+    fig, axs = plt.subplots(nrow, ncol, figsize=(width, 2.2 * nrow), squeeze=False)
+    ylabels = {"kl": "sequence KL(π_D‖π̂) [nats]", "ce": "sequence CE [nats]"}
     for ax, col in zip(axs.flat, panels, strict=False):
-        band_plot(ax, df, "step", col, by=by, label_fmt="{value}", marker=".")
+        band_plot(ax, df, "step", col, by=by, q=q, label_fmt="{value}", marker=".")
         _auto_yscale(ax, df[col])
         ax.set_xlabel("training step")
-        ax.set_ylabel(ylabels.get(col, f"Cov_{col[4:]} (fraction of π_D mass)"))
+        ax.set_ylabel(ylabels.get(col, f"Cov_{col[4:]}"))
         ax.grid(alpha=0.3)
     for ax in list(axs.flat)[len(panels) :]:
         ax.set_visible(False)
     handles, labels = axs.flat[0].get_legend_handles_labels()
     if handles:
-        axs.flat[0].legend(fontsize=7)
-    fig.suptitle(
-        f"{name or directory.name}: median over {seeds} seed(s), band = 1/16–15/16 quantiles",
-        fontsize=9,
-    )
-    return [save(fig, Path(out_folder) / f"{name or directory.name}.png")]
+        axs.flat[0].legend()
+    fig.suptitle(f"{name}: {caption}")
+    files = [save(fig, Path(out_folder) / f"{name}.{fmt}")]
+    if len(cov_cols) >= 2:
+        files.append(save(profile_figure(df, cov_cols, by, q, f"{name}\n{caption}"),
+                          Path(out_folder) / f"{name}_profile.{fmt}"))
+    return files
+
+
+def _group_labels(df: pd.DataFrame, axes: Sequence[str]) -> pd.Categorical:
+    """"H=8, n_train=500" per row, as a categorical ordered by the axis values themselves (so
+    H=8 comes before H=16, which text order would put after it)."""
+    keys = list(df[axes].itertuples(index=False, name=None))
+    text = [", ".join(f"{a.rsplit('.', 1)[-1]}={v}" for a, v in zip(axes, k, strict=True))
+            for k in keys]
+    order = sorted(dict(zip(text, keys, strict=True)).items(), key=lambda kv: _sort_key(kv[1]))
+    return pd.Categorical(text, categories=[t for t, _ in order], ordered=True)
+
+
+def _sort_key(values: tuple) -> tuple:
+    return tuple((0, float(v), "") if isinstance(v, int | float) and not isinstance(v, bool)
+                 else (1, 0.0, str(v)) for v in values)
+
+
+def profile_figure(df: pd.DataFrame, cov_cols: Sequence[str], by: str | None,
+                   q: Sequence[float], title: str):
+    """Cov_N against N (log x) at the last step, median over seeds with a band per group,
+    with the Prop. 3.1 bound of the median final KL dashed in the same colour."""
+    last = df[df["step"] == df["step"].max()]
+    Ns = np.array([float(c[4:]) for c in cov_cols])
+    fig, ax = plt.subplots(figsize=style.size("single"))
+    groups = [(None, last)] if by is None else [(k, g) for k, g in
+                                               last.groupby(by, sort=True, observed=True)]
+    for key, g in groups:
+        vals = np.array([quantiles(g[c].astype(float), (0.5, *q)) for c in cov_cols])  # (k, 3)
+        line = profile_plot(ax, Ns, vals[:, 0], vals[:, 1], vals[:, 2],
+                            label=None if key is None else str(key))
+        if "kl" in g.columns:
+            kl = float(np.nanmedian(g["kl"].astype(float)))
+            ok = Ns > 1
+            ax.plot(Ns[ok], np.minimum(1.0, kl / (np.log(Ns[ok]) - 1 + 1 / Ns[ok])), ls="--",
+                    lw=0.8, color=line.get_color())
+    ax.plot([], [], ls="--", lw=0.8, color="0.3", label="Prop. 3.1 bound at the median KL")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{title}, at step {int(last['step'].max())}")
+    return fig
 
 
 def _auto_yscale(ax, values: pd.Series) -> None:

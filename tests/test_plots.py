@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import tiny  # noqa: F401  (registers the "toy" task kind)
 
-from covsim import plots, stats
+from covsim import plots, stats, style
 from covsim.config import load_config
 from covsim.fileio import TMP_PREFIX
 from covsim.results import RunResult
@@ -160,8 +160,33 @@ def test_plot_run_on_a_sweep_dir(tmp_path):
     cfg = load_config(tmp_path / "toy.toml", profile=None)
     run_sweep(cfg, _toy_cell, tmp_path / "sweep", progress=False)
     assert plots.sweep_axes(tmp_path / "sweep") == ["task.H", "optim.lr"]
-    [out] = plots.plot_run(tmp_path / "sweep", tmp_path / "figs")
+    out, profile = plots.plot_run(tmp_path / "sweep", tmp_path / "figs")
     assert out == tmp_path / "figs" / "sweep.png" and out.read_bytes()[:8] == PNG
+    assert profile == tmp_path / "figs" / "sweep_profile.png"
     assert not list((tmp_path / "figs").glob(TMP_PREFIX + "*"))
+    pdfs = plots.plot_run(tmp_path / "sweep", tmp_path / "figs", fmt="pdf")
+    assert [p.suffix for p in pdfs] == [".pdf", ".pdf"] and pdfs[0].read_bytes()[:5] == b"%PDF-"
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        plots.plot_run(tmp_path / "sweep", tmp_path / "figs", fmt="jpg")
     with pytest.raises(FileNotFoundError):
         plots.plot_run(tmp_path / "nothing", tmp_path / "figs")
+
+
+def test_groups_are_ordered_by_value_not_text():
+    df = pd.DataFrame({"task.H": [16, 8, 32, 8], "x": ["b", "a", "a", "b"]})
+    labels = plots._group_labels(df, ["task.H", "x"])
+    assert list(labels.categories) == ["H=8, x=a", "H=8, x=b", "H=16, x=b", "H=32, x=a"]
+
+
+@pytest.mark.parametrize("n, q, text", [(1, (0.0, 1.0), "no band"), (2, (0.0, 1.0), "min–max"),
+                                        (15, (0.0, 1.0), "min–max"),
+                                        (16, (1 / 16, 15 / 16), "1/16–15/16 quantiles")])
+def test_the_band_says_what_it_is(n, q, text):
+    got_q, label = style.band(n)
+    assert got_q == q and text in label
+
+
+def test_the_cli_offers_the_styles_formats():
+    from covsim import cli
+
+    assert cli.FIGURE_FORMATS == style.FORMATS
