@@ -569,7 +569,10 @@ def cmd_coverage(args) -> int:
         bound = f"{min(rep.bound[i], 1.0):.4g}" if N > 1 else "-"
         print(f"{_n(N):>8} {rep.cov[i]:>9.5f}   [{rep.lo[i]:.5f}, {rep.hi[i]:.5f}]    "
               f"{bound:>14}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out: cannot write to {out} ({e.strerror or e})") from None
     doc = {"ref": str(args.ref), "student": str(args.student), **rep.to_dict()}
     atomic_write_text(out / "coverage.json", dumps(doc, indent=1) + "\n")
     fig = plots.coverage_pair_figure(rep, f"{Path(args.student).name} vs {Path(args.ref).name}")

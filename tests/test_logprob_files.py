@@ -170,6 +170,9 @@ def test_mismatched_sizes_and_bad_options_exit_2(tmp_path, capsys):
     assert "--alpha" in capsys.readouterr().err
     assert main(["coverage", str(a), str(tmp_path / "missing.npy")]) == 2
     assert "no such file" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main(["coverage", str(a), str(a), "--out", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err.startswith("--out: cannot write to")
 
 
 @pytest.mark.parametrize("fmt", ["pdf", "svg"])
