@@ -327,7 +327,7 @@ def load_config(
         if profile not in profiles:
             have = ", ".join(profiles) or "none"
             raise ConfigError(f"profile: unknown profile {profile!r} in {path}; allowed: {have}")
-        for segs, v in _flatten(profiles[profile]):
+        for segs, v in flatten_paths(profiles[profile]):
             _set(raw, _split(".".join(segs)), v, reg, origin=f"profile.{profile}")
     for item in overrides:
         p, sep, text = item.partition("=")
@@ -542,13 +542,14 @@ def _split(path: str) -> tuple[str, ...]:
     return segs
 
 
-def _flatten(
+def flatten_paths(
     d: Mapping[str, Any], prefix: tuple[str, ...] = ()
 ) -> list[tuple[tuple[str, ...], Any]]:
+    """[(path segments, leaf value)] of a nested dict (empty dicts are leaves)."""
     out = []
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out += _flatten(v, (*prefix, k))
+            out += flatten_paths(v, (*prefix, k))
         else:
             out.append(((*prefix, k), v))
     return out

@@ -129,7 +129,25 @@ def tb_tag(column: str) -> str:
     return column.replace("@", "/")
 
 
-class TensorBoardWriter:
+class _PerRunWriter:
+    """A writer holding one open handle per run key (`_open`), ended by `_end`."""
+
+    _open: dict[str, Any]
+
+    def _end(self, handle) -> None:
+        raise NotImplementedError
+
+    def finish(self, run):
+        h = self._open.pop(run, None)
+        if h is not None:
+            self._end(h)
+
+    def close(self):
+        for run in list(self._open):
+            self.finish(run)
+
+
+class TensorBoardWriter(_PerRunWriter):
     def __init__(self, log_dir: Path, coords: Sequence[str]):
         try:
             from tensorboardX import SummaryWriter
@@ -146,17 +164,11 @@ class TensorBoardWriter:
         for tag, v in scalars(record, self.coords).items():
             w.add_scalar(tb_tag(tag), v, global_step=int(step))
 
-    def finish(self, run):
-        w = self._open.pop(run, None)
-        if w is not None:
-            w.close()
-
-    def close(self):
-        for run in list(self._open):
-            self.finish(run)
+    def _end(self, handle):
+        handle.close()
 
 
-class WandbWriter:
+class WandbWriter(_PerRunWriter):
     def __init__(self, log_dir: Path, coords: Sequence[str], experiment: str, project: str,
                  mode: str | None, config: Mapping[str, Any]):
         try:
@@ -179,14 +191,8 @@ class WandbWriter:
                 mode=self.mode, dir=str(self.dir), reinit="create_new")
         r.log(scalars(record, self.coords), step=int(step))
 
-    def finish(self, run):
-        r = self._open.pop(run, None)
-        if r is not None:
-            r.finish()
-
-    def close(self):
-        for run in list(self._open):
-            self.finish(run)
+    def _end(self, handle):
+        handle.finish()
 
 
 class Writers:

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from covsim import interrupt
 from covsim.checks import check_int
-from covsim.config import Config, ConfigError, dump_config
+from covsim.config import Config, ConfigError, dump_config, flatten_paths
 from covsim.fileio import atomic_write_text, digest, remove_temps
 from covsim.log_writers import Writers, run_keys
 from covsim.outdir import owned_output, results_bytes
@@ -457,17 +457,8 @@ def open_writers(cfg: Config, out: Path) -> Writers:
 
 def _flat_config(cfg: Config) -> dict[str, Any]:
     """The config as {dotted path: value} (a W&B run's config)."""
-    out: dict[str, Any] = {}
-
-    def walk(prefix: str, d: Any) -> None:
-        if isinstance(d, Mapping) and d:
-            for k, v in d.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        else:
-            out[prefix] = to_jsonable(d)
-
-    walk("", {k: v for k, v in cfg.to_dict().items() if k != "sweep"})
-    return out
+    d = {k: v for k, v in cfg.to_dict().items() if k != "sweep"}
+    return {".".join(segs): to_jsonable(v) for segs, v in flatten_paths(d)}
 
 
 def log_cell(writers: Writers, cell: Cell, records: Sequence[Mapping[str, Any]]) -> None:
