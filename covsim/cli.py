@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import time
 import tomllib
@@ -263,7 +264,9 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     from covsim.outdir import owned_output
     from covsim.results import write_run
-    from covsim.sweep import cell_config, expand_grid, log_cell, open_writers, sweep_bytes
+    from covsim import resume
+    from covsim.sweep import (StepBars, cell_config, expand_grid, in_work_dir, log_cell,
+                              open_writers, sweep_bytes)
 
     cfg, out = _load_cli(args)
     if cfg.sweep.axes:
@@ -277,8 +280,11 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     # owned (new, empty or a run of this experiment), locked and writable before compute
     with owned_output(out, "run", cfg.experiment.name, need_bytes=sweep_bytes(cfg, [cell])):
-        result = _cell_fn(cell_config(cfg, cell), cell)
-        write_run(out, cell_config(cfg, cell), result)
+        cell_cfg, work = cell_config(cfg, cell), resume.work_dir(out)
+        with StepBars({"run": work}, enabled=not args.quiet):
+            result = in_work_dir(_cell_fn, out, cell_cfg, cell, work)
+        write_run(out, cell_cfg, result)
+        shutil.rmtree(work, ignore_errors=True)
         with open_writers(cfg, out) as writers:
             log_cell(writers, cell, result.records)
     tag = f"diverged at step {result.diverged_step}" if result.diverged else "done"
@@ -400,7 +406,7 @@ def cmd_describe(args) -> int:
 def cmd_plot(args) -> int:
     from covsim import plots
     from covsim.claims import CLAIMS
-    from covsim.results import read_config
+    from covsim.results import partial_records, read_config
 
     d = Path(args.dir)
     if not (d / "config.toml").is_file():
@@ -408,7 +414,12 @@ def cmd_plot(args) -> int:
     exp = read_config(d).experiment
     claim = CLAIMS.get(exp.claim)
     out = Path(args.out) if args.out else d / FIGURES
-    if args.format is None and claim is not None and tuple(claim.experiments) == (exp.name,):
+    running = partial_records(d)
+    if running:
+        print(f"{d}: {len(running)} run(s) not finished; drawing the generic figures with "
+              "their partial records", file=sys.stderr)
+    if (args.format is None and claim is not None and tuple(claim.experiments) == (exp.name,)
+            and not running):
         files = claim.figure({exp.name: d}, out)  # the claim's own figure (PNG)
     else:
         files = plots.plot_run(d, out, fmt=args.format or "png")

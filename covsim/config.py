@@ -165,6 +165,9 @@ class TrainSection(_Section):
     checkpoints: list[NonNegInt] = Field(default_factory=list)  # steps whose params are kept
     # held-out samples whose log π̂ is kept per checkpoint (select_logq.npy, for tournaments)
     select_samples: NonNegInt | None = None
+    # steps between saves of a sweep cell's trainer state, so a killed cell resumes there
+    # (a multiple of eval_every); unset: a cell restarts from step 0
+    checkpoint_every: PosInt | None = None
 
     @property
     def interval_alpha(self) -> float:
@@ -496,6 +499,10 @@ def _check_train(t: TrainSection, where: str) -> None:
     if t.distill_N is not None and t.loss != "distill":
         raise ConfigError(f"{where}.distill_N: only with {where}.loss = \"distill\", got "
                           f"loss = {t.loss!r}")
+    if t.checkpoint_every is not None and t.checkpoint_every % t.eval_every:
+        raise ConfigError(f"{where}.checkpoint_every: must be a multiple of {where}.eval_every "
+                          f"= {t.eval_every} (state is saved between evaluations), got "
+                          f"{t.checkpoint_every}")
     for i, s in enumerate(t.checkpoints):
         if s > t.steps or s % t.eval_every:
             raise ConfigError(
@@ -566,6 +573,9 @@ _MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+_PRETRAIN_PARTS = {"task": TaskSection, "optim": OptimSection, "train": TrainSection}
+
+
 def _resolve(
     raw: dict[str, Any], segs: tuple[str, ...], registry: Registry, *, create: bool
 ) -> tuple[dict[str, Any], str]:
@@ -597,6 +607,13 @@ def _resolve(
 
             entry = R.entry("runner", (raw.get("experiment") or {}).get("runner", "train"))
             known |= (entry.param_names if entry else None) or set()
+    elif len(segs) == 3 and section == "pretrain" and segs[1] in _PRETRAIN_PARTS:
+        # a stage's table: its section's fields (and its kind's parameters), set or not
+        sub = segs[1]
+        known = set(node) | set(_PRETRAIN_PARTS[sub].model_fields)
+        if sub in COMPONENTS:
+            kind = node.get("name" if sub == "optim" else "kind")
+            known |= (registry.get(sub) or {}).get(kind) or set()
     else:
         known = set(node)
     if key not in known:

@@ -325,18 +325,22 @@ def plot_run(directory: str | Path, out_folder: str | Path, name: str | None = N
     """Two figures of a run or sweep directory, median over seeds with a band (min–max below
     16 seeds, `style.band`), one line per point of the sweep axes in numeric order:
     out_folder/<name>.<fmt>, KL, CE and Cov_N (each N of the grid) against step; and
-    out_folder/<name>_profile.<fmt>, the coverage profile N ↦ Cov_N at the last step."""
+    out_folder/<name>_profile.<fmt>, the coverage profile N ↦ Cov_N at the last step.
+    Runs not finished (still running, or killed) are drawn from the records they have
+    streamed so far (`read_metrics(..., partial=True)`), their groups marked "(running)"."""
     if fmt not in style.FORMATS:
         raise ValueError(f"argument fmt must be one of {style.FORMATS}, got {fmt!r}")
     directory = Path(directory)
     name = name or directory.name
-    df = read_metrics(directory)
+    df = read_metrics(directory, partial=True)
     if df.empty or "step" not in df.columns:
         raise ValueError(f"{directory}: no evaluation records to plot (no finished runs)")
-    axes = [a for a in sweep_axes(directory) if a in df.columns]
+    running = sorted(df.loc[df["partial"].astype(bool), "run"].unique())
+    is_sweep = (directory / "manifest.json").is_file()  # a run directory has no axes
+    axes = [a for a in sweep_axes(directory) if a in df.columns] if is_sweep else []
     by = None
     if axes:
-        df = df.assign(_group=_group_labels(df, axes))
+        df = df.assign(_group=_group_labels(df, axes, marked=running))
         by = "_group"
     cov_cols = sorted((c for c in df.columns if c.startswith("cov@")), key=lambda c: float(c[4:]))
     panels = [c for c in ("kl", "ce") if c in df.columns] + cov_cols
@@ -359,6 +363,9 @@ def plot_run(directory: str | Path, out_folder: str | Path, name: str | None = N
     handles, labels = axs.flat[0].get_legend_handles_labels()
     if handles:
         axs.flat[0].legend()
+    if running:  # a sweep (or run) still running, or killed: say which curves are partial
+        caption += (f"; {len(running)} run(s) not finished: partial results"
+                     + (", marked (running)" if by else ""))
     fig.suptitle(f"{name}: {caption}")
     files = [save(fig, Path(out_folder) / f"{name}.{fmt}")]
     if len(cov_cols) >= 2:
@@ -367,12 +374,17 @@ def plot_run(directory: str | Path, out_folder: str | Path, name: str | None = N
     return files
 
 
-def _group_labels(df: pd.DataFrame, axes: Sequence[str]) -> pd.Categorical:
+def _group_labels(df: pd.DataFrame, axes: Sequence[str], marked: Sequence[str] = ()
+                  ) -> pd.Categorical:
     """"H=8, n_train=500" per row, as a categorical ordered by the axis values themselves (so
-    H=8 comes before H=16, which text order would put after it)."""
+    H=8 comes before H=16, which text order would put after it); a group holding one of the
+    `marked` runs (not finished) gets " (running)"."""
     keys = list(df[axes].itertuples(index=False, name=None))
     text = [", ".join(f"{a.rsplit('.', 1)[-1]}={v}" for a, v in zip(axes, k, strict=True))
             for k in keys]
+    if len(marked):
+        hot = {t for t, r in zip(text, df["run"], strict=True) if r in set(marked)}
+        text = [t + " (running)" if t in hot else t for t in text]
     order = sorted(dict(zip(text, keys, strict=True)).items(), key=lambda kv: _sort_key(kv[1]))
     return pd.Categorical(text, categories=[t for t, _ in order], ordered=True)
 

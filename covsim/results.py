@@ -56,6 +56,9 @@ DONE = "done.json"  # the checksums of a finished run directory, written last
 MANIFEST = "manifest.json"
 EVENTS = "events.jsonl"  # a sweep's append-only log of finished cells since manifest.json
 FINISHED = ("done", "diverged")  # manifest statuses of cells whose run directory is current
+# a running cell's work directory (covsim.resume) and the records it has streamed so far
+PARTIAL_SUFFIX = ".partial"
+PARTIAL_RECORDS = "metrics.jsonl.partial"
 # Mappings keyed by a threshold N (train's records: cov with its interval, pass_at) -> column prefix
 N_KEYED = {"cov": "cov@", "cov_lo": "cov_lo@", "cov_hi": "cov_hi@", "cov_final": "cov_final@",
            "cov_ttt": "cov_ttt@", "pass_at": "pass@"}
@@ -415,19 +418,60 @@ def metrics_frame(out, spec, coords: Mapping[str, Any] | None = None, seeds=None
     return pd.DataFrame.from_records(rows)
 
 
-def read_metrics(directory: str | Path) -> pd.DataFrame:
+def read_metrics(directory: str | Path, partial: bool = False) -> pd.DataFrame:
     """All evaluation records of a run dir, or of every finished cell of a sweep dir.
 
     One row per record, a "run" column (the run directory's name) first; cov/pass_at
     flattened to "cov@N"/"pass@N" columns. Failed (never written) cells contribute no rows;
     a finished cell whose files do not match their checksums raises CorruptResult.
+    With `partial`, also the records streamed so far by cells still running (or killed),
+    from their `metrics.jsonl.partial` (covsim.resume), and a boolean "partial" column that
+    marks them; their diverged_step is the run's so far.
     """
     import pandas as pd
 
+    d = Path(directory)
     rows = []
-    for p in _finished_runs(_run_dirs(directory)):
+    runs = _run_dirs(d) if not (partial and _only_partial(d)) else []
+    for p in _finished_runs(runs):
         rows += [{"run": p.name, **flatten_record(r)} for r in read_records(p)]
+    if partial:
+        rows = [{**r, "partial": False} for r in rows]
+        for name, recs in partial_records(d).items():
+            rows += [{"run": name, **flatten_record(r), "partial": True} for r in recs]
     return pd.DataFrame.from_records(rows) if rows else pd.DataFrame(columns=["run"])
+
+
+def _only_partial(d: Path) -> bool:
+    """A run directory whose run has not finished yet: nothing but its work directory."""
+    return (d / f"run{PARTIAL_SUFFIX}").is_dir() and not (d / DONE).is_file()
+
+
+def partial_records(directory: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """{run name: records streamed so far} of the cells of a sweep dir (or the run of a run
+    dir) that have not finished: each one's metrics.jsonl.partial, a torn last line (a write
+    cut short) left out."""
+    d = Path(directory)
+    if (d / MANIFEST).is_file():
+        todo = [c["id"] for c in read_manifest(d)["cells"] if c["status"] not in FINISHED]
+        found = {i: d / f"{i}{PARTIAL_SUFFIX}" / PARTIAL_RECORDS for i in todo}
+    else:
+        found = {d.name: d / f"run{PARTIAL_SUFFIX}" / PARTIAL_RECORDS}
+    out = {}
+    for name, path in found.items():
+        try:
+            text = path.read_text("utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            continue
+        recs = []
+        for i, line in enumerate(text.split("\n")[:-1], 1):  # after the last newline: torn
+            try:
+                recs.append(from_jsonable(json.loads(line)))
+            except ValueError:
+                raise CorruptResult(f"{path}:{i}: not a JSON record") from None
+        if recs:
+            out[name] = recs
+    return out
 
 
 def artifact_paths(directory: str | Path, name: str) -> dict[str, Path]:

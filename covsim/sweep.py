@@ -29,7 +29,9 @@ import multiprocessing
 import os
 import pickle
 import re
+import shutil
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
@@ -40,7 +42,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from covsim import interrupt
+from covsim import interrupt, resume
 from covsim.checks import check_int
 from covsim.config import Config, ConfigError, dump_config, flatten_paths
 from covsim.fileio import atomic_write_text, digest, remove_temps
@@ -157,6 +159,17 @@ def cell_config(cfg: Config, cell: Cell) -> Config:
 @dataclass
 class Failure:
     error: str  # one line: "ValueError: message (at file.py:12 in fn)"
+
+
+def in_work_dir(cell_fn: CellFn, out: Path, cfg: Config, cell: Cell,
+                work: Path | None = None) -> RunResult:
+    """`cell_fn(cfg, cell)` with the cell's work directory (`work`, default the sweep cell's
+    under `out`; covsim.resume): its records stream to metrics.jsonl.partial and its progress
+    to progress.json as it runs, and with train.checkpoint_every it resumes from its last
+    saved state."""
+    work = work or resume.work_dir(out, cell.id)
+    with resume.cell_work(work, cfg.to_toml(), cell.coords):
+        return cell_fn(cfg, cell)
 
 
 def _call(cell_fn: CellFn, cfg: Config, cell: Cell) -> RunResult | Failure:
@@ -438,6 +451,7 @@ def run_sweep(
         if address is not None:
             run = functools.partial(run, address=address)
         with open_writers(cfg, out) as writers:
+            cell_fn = functools.partial(in_work_dir, cell_fn, out.absolute())
             return _run_cells(cfg, config_hash, cells, cfgs, cell_fn, out, run, workers,
                               progress, writers)
 
@@ -503,6 +517,13 @@ def _run_cells(
     _write_manifest(out, manifest)
 
     todo = [(c, cfgs[c.id]) for c in cells if entries[c.id]["status"] not in FINISHED]
+    for c in cells:  # work directories: of finished cells, gone; of the others, kept to resume
+        work = resume.work_dir(out, c.id)
+        if work.is_dir():
+            if entries[c.id]["status"] in FINISHED:
+                shutil.rmtree(work)
+            else:  # the progress of a run that is not running (bars appear when it starts)
+                (work / resume.PROGRESS).unlink(missing_ok=True)
     bar = tqdm(
         total=len(cells),
         initial=len(cells) - len(todo),
@@ -511,8 +532,9 @@ def _run_cells(
         disable=not progress,
     )
     failed = 0
+    step_bars = StepBars({c.id: resume.work_dir(out, c.id) for c, _ in todo}, progress)
     try:
-        with open(out / EVENTS, "a", encoding="utf-8") as events:
+        with step_bars, open(out / EVENTS, "a", encoding="utf-8") as events:
             for cell, res in run(cell_fn, todo, workers):
                 e = entries[cell.id]
                 if isinstance(res, RunResult):
@@ -522,6 +544,7 @@ def _run_cells(
                     except (TypeError, ValueError) as err:  # the result breaks the contract
                         res = Failure(_error_text(err))
                     else:
+                        shutil.rmtree(resume.work_dir(out, cell.id), ignore_errors=True)
                         log_cell(writers, cell, res.records)
                 if isinstance(res, Failure):
                     e["status"], e["error"] = "failed", res.error
@@ -538,6 +561,57 @@ def _run_cells(
         bar.close()
         _write_manifest(out, manifest)  # also when interrupted: what finished is recorded
     return manifest
+
+
+class StepBars:
+    """While entered, a tqdm bar per running cell (steps done / total, steps/s, ETA), from
+    the progress.json of its work directory, polled by a thread: the cells may run in this
+    process, in worker processes or on Ray workers that share the file system. A bar
+    appears when its cell writes progress and goes when the cell's steps are done."""
+
+    def __init__(self, work_dirs: Mapping[str, Path], enabled: bool = True,
+                 interval_s: float = 0.5):
+        self.work_dirs, self.enabled, self.interval_s = dict(work_dirs), enabled, interval_s
+        self._stop = threading.Event()
+        self._bars: dict[str, tqdm] = {}
+        self._thread = None
+
+    def __enter__(self) -> StepBars:
+        if self.enabled and self.work_dirs:
+            self._thread = threading.Thread(target=self._run, name="covsim-step-bars",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll()
+
+    def poll(self) -> None:
+        """Bring the bars up to date once."""
+        for cid, d in list(self.work_dirs.items()):
+            p = resume.read_progress(d)
+            bar = self._bars.get(cid)
+            if p is None or p["step"] >= p["total"]:
+                if bar is not None:
+                    bar.close()
+                    del self._bars[cid]
+                if p is not None:  # finished its steps: no bar for it again
+                    self.work_dirs.pop(cid)
+                continue
+            if bar is None:
+                bar = self._bars[cid] = tqdm(total=p["total"], initial=p["step"], unit="step",
+                                             desc=cid[:32], leave=False)
+            elif p["step"] > bar.n:
+                bar.update(p["step"] - bar.n)
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:

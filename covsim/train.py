@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +87,10 @@ class TrainSpec:
     # a fixed dataset is drawn in chunks of this many sequences (bounds the sampler's memory
     # at paper scale); a draw that fits in one chunk is a single call, as before
     sample_chunk: int = 65536
+    # steps between saves of the run's state (params, optimizer state, data position, PRNG
+    # key) by a driver that can resume (covsim.resume: a sweep's cells); a multiple of
+    # eval_every; None: never saved. The numbers do not depend on it.
+    checkpoint_every: int | None = None
 
     def __post_init__(self):
         check_int("steps", self.steps, 1)
@@ -113,6 +117,12 @@ class TrainSpec:
         check_int("eval_chunk", self.eval_chunk, 1)
         check_int("select_samples", self.select_samples, 0)
         check_int("sample_chunk", self.sample_chunk, 1)
+        if self.checkpoint_every is not None:
+            check_int("checkpoint_every", self.checkpoint_every, 1)
+            if self.checkpoint_every % self.eval_every:
+                raise ValueError(f"argument checkpoint_every must be a multiple of eval_every="
+                                 f"{self.eval_every} (state is saved between segments), got "
+                                 f"{self.checkpoint_every}")
         object.__setattr__(self, "Ns", tuple(float(N) for N in check_Ns("Ns", self.Ns)))
         object.__setattr__(self, "pass_at", tuple(self.pass_at))
         object.__setattr__(self, "checkpoints", tuple(self.checkpoints))
@@ -418,9 +428,23 @@ def run_seeds(
     progress: bool = False,
     params=None,
     devices: Sequence[jax.Device] | None = None,
+    on_eval: Callable[[TrainOutput, int], None] | None = None,
+    store: StateStore | None = None,
 ) -> TrainOutput:
     """Run several seeds (ints, a count, or an array of typed PRNG keys); the output gains a
     leading seed axis.
+
+    The seeds advance together one segment (`eval_every` steps and an evaluation) per
+    compiled call, driven from the host: two programs, `init` + the first evaluation and
+    `segment`, compiled once per trainer and reused by a second call with the same shapes.
+    Between segments the host can show a tqdm bar (`progress`: steps, steps/s, ETA), hand
+    each new checkpoint to `on_eval(part, first)` (`part`: a TrainOutput of checkpoints
+    first..e of every seed, `first` = 0 for the first call; a resumed run's first call
+    covers every checkpoint restored), and save the run's state to `store` (covsim.resume)
+    every `store.every` steps and at the end; a run with a saved state continues from it
+    and gives bit-identical results to one never interrupted. The numbers depend on neither
+    `progress`, `on_eval` nor `store`; the pure `trainer(key)` (one `lax.scan`, for jit/vmap
+    users) agrees with them up to XLA's floating-point fusion choices.
 
     Seeds are split over `devices` (default: every local device of the default backend, so a
     multi-GPU host, or a CPU run with `XLA_FLAGS=--xla_force_host_platform_device_count=K`,
@@ -429,11 +453,8 @@ def run_seeds(
     runs its seeds in one vectorised computation, "loop" one after another with the same
     compiled program (`lax.map`), "auto" picks (`seed_mode`). A seed's numbers do not depend
     on the device count (tested); vmap and loop agree up to float32 rounding (tested).
-    The compiled run is kept on the trainer: a second call with the same shapes reuses it.
-    With `progress`, segments are driven from Python on one device with a tqdm bar showing
-    steps/s; the result is identical to the single-`scan` run up to XLA's floating-point
-    fusion choices. `params` (leading seed axis) warm-starts seed i from params[i], e.g. the
-    final parameters of a pre-training run of the same seeds.
+    `params` (leading seed axis) warm-starts seed i from params[i], e.g. the final
+    parameters of a pre-training run of the same seeds.
     """
     if isinstance(seeds, jax.Array) and jnp.issubdtype(seeds.dtype, jax.dtypes.prng_key):
         keys = seeds  # typed PRNG keys, one per seed
@@ -452,86 +473,153 @@ def run_seeds(
     devices = list(devices) if devices is not None else jax.local_devices()
     if mode == "auto":
         mode = seed_mode(trainer, devices[0].platform)
-    if progress:
-        return _run_with_progress(trainer, keys, mode, params)
     S = len(keys)
     D = min(len(devices), S)
     pad = -S % D
     if pad:  # repeat the last seed so every device gets as many; the copies are dropped
         grow = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
         keys, params = grow(keys), None if params is None else jax.tree.map(grow, params)
-    run = _compiled_run(trainer, mode, tuple(devices[:D]), params is not None)
-    out = run(keys, params)
-    return jax.tree.map(lambda a: a[:S], out) if pad else out
+    start, segment = _programs(trainer, mode, tuple(devices[:D]), params is not None)
+    return _drive(trainer, start, segment, keys, params, S, progress, on_eval, store)
 
 
-def _compiled_run(trainer: Trainer, mode: str, devices: tuple, warm: bool):
-    """jit(seeds -> TrainOutput) for `mode` over `devices`, built once per trainer."""
-    cache = trainer.__dict__.setdefault("_runs", {})
+class StateStore(Protocol):
+    """Where `run_seeds` keeps a run's state between segments (covsim.resume.StageStore)."""
+
+    every: int  # steps between saves (a multiple of eval_every)
+
+    def restore(self, template: dict) -> tuple[int, dict] | None:
+        """(segments done, a tree like `template` of numpy arrays), or None: start afresh."""
+
+    def save(self, done: int, tree: dict) -> None:
+        """Keep `tree` (numpy arrays) as the state after `done` segments."""
+
+
+def _programs(trainer: Trainer, mode: str, devices: tuple, warm: bool):
+    """(start, segment), jitted over the seed axis for `mode` over `devices`, built once per
+    trainer: start(keys, params) -> (state, data, eval_set, first evaluation), segment(state,
+    data, eval_set) -> (state, (metrics, mean loss))."""
+    cache = trainer.__dict__.setdefault("_programs", {})
     key = (mode, devices, warm)
     if key not in cache:
-        def per_device(keys, params):  # this device's seeds
-            if mode == "vmap":
-                return jax.vmap(trainer)(keys, params)
-            if params is None:
-                return jax.lax.map(trainer, keys)
-            return jax.lax.map(lambda kp: trainer(*kp), (keys, params))
+        def start_one(k, p=None):
+            state, data, eval_set = trainer.init(k, p)
+            return state, data, eval_set, trainer.evaluate(state.params, eval_set)
 
-        f = per_device
+        def over_seeds(f):  # f on each of this device's seeds
+            if mode == "vmap":
+                return jax.vmap(f)
+            return lambda *args: jax.lax.map(lambda a: f(*a), args)
+
+        starts = over_seeds(start_one if warm else lambda k: start_one(k))
+        start = (lambda keys, params: starts(keys, params)) if warm else \
+            (lambda keys, params: starts(keys))
+        segment = over_seeds(trainer.segment)
         if len(devices) > 1:
             from jax.sharding import Mesh, PartitionSpec
 
             mesh = Mesh(np.asarray(devices), ("seed",))
             spec = PartitionSpec("seed")
-            f = jax.shard_map(per_device, mesh=mesh, in_specs=(spec, spec if warm else None),
-                              out_specs=spec, check_vma=False)
-        cache[key] = jax.jit(f)
+            shard = lambda f, ins: jax.shard_map(f, mesh=mesh, in_specs=ins, out_specs=spec,
+                                                 check_vma=False)
+            start = shard(start, (spec, spec if warm else None))
+            segment = shard(segment, (spec, spec, spec))
+        cache[key] = (jax.jit(start), jax.jit(segment))
     return cache[key]
 
 
-def _row(tree, i: int):
-    return None if tree is None else jax.tree.map(lambda a: a[i], tree)
-
-
-def _run_with_progress(trainer: Trainer, keys: Array, mode: str, params=None) -> TrainOutput:
-    from tqdm.auto import tqdm
-
+def _drive(trainer: Trainer, start, segment, keys, params, S: int, progress: bool, on_eval,
+           store: StateStore | None) -> TrainOutput:
+    """The host loop of `run_seeds` over the padded seeds; returns the first S seeds'."""
     s = trainer.spec
-    vm = (lambda f: jax.vmap(f)) if mode == "vmap" else (lambda f: f)
-    init = jax.jit(vm(trainer.init))
-    ev = jax.jit(vm(trainer.evaluate))
-    seg = jax.jit(vm(trainer.segment))
-    if mode == "vmap":
-        groups = [(keys, params)]
-    else:
-        groups = [(k, _row(params, i)) for i, k in enumerate(keys)]
-    outs = []
-    with tqdm(total=s.n_steps * len(groups), unit="step", desc="train") as bar:
-        for k, p in groups:
-            state, data, eval_set = init(k, p)
-            params0 = state.params
-            ev0 = ev(state.params, eval_set)
-            evs, losses, ps = [], [], []
-            for _ in range(s.n_evals):
-                state, (e, loss) = seg(state, data, eval_set)
-                evs.append(e)
-                losses.append(loss)
-                if s.checkpoints:
-                    ps.append(state.params)
+    E = s.n_evals
+    host = lambda t: jax.tree.map(np.asarray, t)
+    state, data, eval_set, ev0 = start(keys, params)
+    ev0 = host(ev0)
+    params0 = host(state.params) if s.checkpoints else None
+    P = len(keys)
+    history = {  # checkpoints 1..E of every seed, filled segment by segment
+        "evs": jax.tree.map(lambda a: np.zeros((P, E, *a.shape[1:]), a.dtype), ev0),
+        "losses": np.full((P, E), np.nan, np.float32),
+        "ps": jax.tree.map(lambda a: np.zeros((P, E, *a.shape[1:]), a.dtype), params0),
+    }
+    done = 0
+    if store is not None:
+        got = store.restore({"state": _state_to_host(state), **history})
+        if got is not None:
+            done, tree = got
+            state = _state_from_host(tree.pop("state"), like=state)
+            history = tree
+
+    def part(first: int, last: int) -> TrainOutput:  # checkpoints first..last, real seeds
+        return _assemble_host(s, state, ev0, history, params0, first, last, S)
+
+    if on_eval is not None:
+        on_eval(part(0, done), 0)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=s.n_steps, initial=done * s.eval_every, unit="step", desc="train")
+    try:
+        for e in range(done, E):
+            state, (ev, loss) = segment(state, data, eval_set)
+            jax.tree.map(lambda buf, a: buf.__setitem__((slice(None), e), a),
+                         history["evs"], host(ev))
+            history["losses"][:, e] = np.asarray(loss)
+            if s.checkpoints:
+                jax.tree.map(lambda buf, a: buf.__setitem__((slice(None), e), a),
+                             history["ps"], host(state.params))
+            if on_eval is not None:
+                on_eval(part(e + 1, e + 1), e + 1)
+            if store is not None and ((e + 1) * s.eval_every % store.every == 0 or e + 1 == E):
+                store.save(e + 1, {"state": _state_to_host(state), **history})
+            if bar is not None:
                 bar.update(s.eval_every)
-            ax = 1 if mode == "vmap" else 0
-            stack = lambda xs, ax=ax: jax.tree.map(lambda *a: jnp.stack(a, axis=ax), *xs)
-            parts = (state, ev0, stack(evs), stack(losses), stack(ps) if ps else None, params0)
-            if mode == "vmap":  # stacked at axis 1, so the seed axis stays in front
-                ps_ax = 0 if ps else None
-                outs.append(jax.vmap(trainer._assemble, in_axes=(0, 0, 0, 0, ps_ax, 0))(*parts))
-            else:
-                outs.append(trainer._assemble(*parts))
-    return outs[0] if mode == "vmap" else _stack(outs)
+    finally:
+        if bar is not None:
+            bar.close()
+    out = part(0, E)
+    if not s.checkpoints:  # the final parameters, where they are (on the devices)
+        out = out._replace(params=jax.tree.map(lambda a: a[:S], state.params))
+    return out
 
 
-def _stack(outs: list[TrainOutput]) -> TrainOutput:
-    return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+def _state_to_host(state: _State) -> dict:
+    """The state as numpy arrays, the PRNG key as its raw key data."""
+    return host_tree(state._replace(key=jax.random.key_data(state.key)))
+
+
+def _state_from_host(tree, like: _State) -> _State:
+    """`_state_to_host`'s inverse, each array placed as `like`'s (its devices and sharding)."""
+    impl = jax.random.key_impl(like.key)
+    raw = like._replace(key=jax.random.key_data(like.key))
+    put = jax.tree.map(lambda a, ref: jax.device_put(a, ref.sharding), tree, raw)
+    return put._replace(key=jax.random.wrap_key_data(put.key, impl=impl))
+
+
+def host_tree(tree):
+    """`tree` with every leaf a numpy array (copied from its devices)."""
+    return jax.tree.map(np.asarray, tree)
+
+
+def _assemble_host(s: TrainSpec, state: _State, ev0, history: dict, params0, first: int,
+                   last: int, S: int) -> TrainOutput:
+    """A TrainOutput of checkpoints first..last (0 = the initialisation) of seeds 0..S-1, from
+    the host copies; `params` are the kept checkpoints' (spec.checkpoints), else None."""
+    take = lambda a0, a: np.concatenate([a0[:S, None], a[:S]], axis=1)[:, first : last + 1]
+    metrics = jax.tree.map(take, ev0, history["evs"])
+    nan = np.full((S,), np.nan, np.float32)
+    losses = take(nan, history["losses"])
+    steps = np.arange(first, last + 1, dtype=np.int32) * s.eval_every
+    params = jax.tree.map(take, params0, history["ps"]) if s.checkpoints else None
+    return TrainOutput(
+        jnp.asarray(np.broadcast_to(steps, (S, len(steps)))),
+        jax.tree.map(jnp.asarray, metrics),
+        jnp.asarray(losses),
+        jnp.asarray(np.asarray(state.diverged_step)[:S]),
+        None if params is None else jax.tree.map(jnp.asarray, params),
+    )
 
 
 def to_records(

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from covsim import metrics as M
+from covsim import resume
 from covsim.checkpoint import checkpoint_bytes
 from covsim.config import Config, ConfigError
 from covsim.evaluate import chunked_log_prob
@@ -241,6 +242,21 @@ def trained_cell(cfg: Config, cell: Cell, model_fn_of=None) -> TrainedCell:
     model_fn_of = model_fn_of or build_model_fn
     task = build_task(cfg)
     spec = train_spec(cfg)
+    work = resume.current()  # in a driver's cell: stream records and progress, keep state
+    total = spec.n_steps + (train_spec(pretrain_config(cfg)).n_steps if cfg.pretrain else 0)
+
+    def live(stage: str, stage_spec: TrainSpec, offset: int, coords=None) -> dict[str, Any]:
+        """run_seeds' on_eval and store for `stage` of a cell run by a driver."""
+        if work is None:
+            return {}
+
+        def on_eval(part: TrainOutput, first: int) -> None:
+            work.add_records(to_records(part, stage_spec, coords=coords, seeds=cell.seeds))
+            work.progress(offset + int(np.asarray(part.step)[0, -1]), total)
+
+        every = stage_spec.checkpoint_every
+        return {"on_eval": on_eval, "store": work.store(stage, every) if every else None}
+
     keys = jnp.stack([jax.random.key(k) for k in cell_keys(cell)])
     params0, pre_records = None, []
     mode = "auto"
@@ -259,12 +275,13 @@ def trained_cell(cfg: Config, cell: Cell, model_fn_of=None) -> TrainedCell:
             ptask, model_fn_of(pcfg, ptask), build_optimizer(pcfg, ptask), pspec
         )
         pkeys = jax.vmap(lambda k: jax.random.fold_in(k, _PRETRAIN_STREAM))(keys)
-        pout = run_seeds(ptrainer, pkeys, mode=mode)
+        pout = run_seeds(ptrainer, pkeys, mode=mode, **live("pretrain", pspec, 0, {"stage": "pretrain"}))
         pre_records = to_records(pout, pspec, coords={"stage": "pretrain"}, seeds=cell.seeds)
         params0 = pout.params
     trainer = make_train(task, model_fn_of(cfg, task), build_optimizer(cfg, task), spec)
-    out = run_seeds(trainer, keys, params=params0, mode=mode)
     coords = {"stage": "main"} if cfg.pretrain is not None else None
+    out = run_seeds(trainer, keys, params=params0, mode=mode,
+                    **live("main", spec, pspec.n_steps if cfg.pretrain else 0, coords))
     records = pre_records + to_records(out, spec, coords=coords, seeds=cell.seeds)
     result = _result(out, records, spec, cfg)
     if cfg.pretrain is not None:  # a seed that diverged in pre-training counts as diverged
