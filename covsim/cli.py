@@ -262,11 +262,18 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from covsim import resume
     from covsim.outdir import owned_output
     from covsim.results import write_run
-    from covsim import resume
-    from covsim.sweep import (StepBars, cell_config, expand_grid, in_work_dir, log_cell,
-                              open_writers, sweep_bytes)
+    from covsim.sweep import (
+        StepBars,
+        cell_config,
+        expand_grid,
+        in_work_dir,
+        log_cell,
+        open_writers,
+        sweep_bytes,
+    )
 
     cfg, out = _load_cli(args)
     if cfg.sweep.axes:

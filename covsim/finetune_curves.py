@@ -211,7 +211,7 @@ def figure(d: Path, out: Path, title: str) -> Path:
     S = c["kl"].shape[0]
     pk = picks(c)
     x = c["step"]
-    fig, axs = plt.subplots(1, 4, figsize=(13.8, 3.5))
+    fig, axs = plt.subplots(1, 4, figsize=plots.style.size("double", 0.42))
     ax = axs[0]
     for i, N in enumerate(PROFILE_NS):
         col = cov_col(N)
@@ -230,7 +230,7 @@ def figure(d: Path, out: Path, title: str) -> Path:
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = axk.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper right")
-    ax.set_title(f"mean over {S} seeds, band min–max", fontsize=8)
+    ax.set_title(f"mean over {S} seeds, band min–max")
     ax.grid(alpha=0.3)
     vmin, vmax = float(c["kl"].min()), float(c["kl"].max())
     for ax, N in zip(axs[1:], PASS_NS, strict=True):
@@ -248,7 +248,7 @@ def figure(d: Path, out: Path, title: str) -> Path:
         ax.set_xlabel(f"Cov_{N / 2:g}")
         ax.set_ylabel(f"Pass@{N}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower left")
+        ax.legend(fontsize=7, loc="lower left")
     fig.colorbar(sc, ax=axs[-1], label="KL [nats]")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title)
     return plots.save(fig, Path(out))

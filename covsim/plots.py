@@ -5,7 +5,7 @@
     band_plot(ax, df, "step", "kl", by="task.H")           # median ± (1/16, 15/16) band per H
     slope, icpt, r2 = loglog_fit(df["task.H"], df["kl"])   # log y = slope · log x + icpt
     theory_line(ax, xs, bound, "Prop. 3.1 bound")          # dashed
-    save(fig, "figures/horizon.png")                       # atomic, dpi 150, tight layout
+    save(fig, "figures/horizon.png")                       # atomic, dpi 300, titles fitted, tight layout
 
 `plot_run(dir, out_folder)` draws the generic figure of any run or sweep directory (KL, CE and
 Cov_N for each N against training step, one line per point of the sweep axes).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,8 +197,25 @@ def loglog(ax, xlabel: str, ylabel: str, title: str | None = None) -> None:
         ax.set_title(title)
 
 
+def fit_titles(fig) -> None:
+    """Break each axes title and the figure title into lines that fit their width (at
+    about half an em per character), so long titles stay readable at a paper's column
+    widths instead of running off the figure. Text with mathtext ($...$) is left alone."""
+    em = 0.5  # average character width, in units of the font size
+    texts = [(ax.title, ax.get_position().width * fig.get_figwidth()) for ax in fig.axes
+             if ax.get_visible()]
+    if getattr(fig, "_suptitle", None) is not None:
+        texts.append((fig._suptitle, fig.get_figwidth()))
+    for t, width_in in texts:
+        text = t.get_text()
+        if not text or "$" in text:
+            continue
+        chars = max(20, int(width_in * 72 / (em * t.get_fontsize())))
+        t.set_text("\n".join(textwrap.fill(line, chars) for line in text.split("\n")))
+
+
 def save(fig, path: str | Path, dpi: int = DPI) -> Path:
-    """Tight layout, write `path` atomically (temp file in the same folder, then rename), close
+    """Fit the titles (`fit_titles`), tight layout, write `path` atomically (temp file in the same folder, then rename), close
     the figure. The format comes from the suffix (.png, .pdf, .svg)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
@@ -205,6 +223,7 @@ def save(fig, path: str | Path, dpi: int = DPI) -> Path:
         raise ValueError(f"argument path needs a suffix naming the format (.png), got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        fit_titles(fig)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, dpi=dpi, format=fmt)

@@ -564,12 +564,10 @@ def _drive(trainer: Trainer, start, segment, keys, params, S: int, progress: boo
     try:
         for e in range(done, E):
             state, (ev, loss) = segment(state, data, eval_set)
-            jax.tree.map(lambda buf, a: buf.__setitem__((slice(None), e), a),
-                         history["evs"], host(ev))
+            _put(history["evs"], e, host(ev))
             history["losses"][:, e] = np.asarray(loss)
             if s.checkpoints:
-                jax.tree.map(lambda buf, a: buf.__setitem__((slice(None), e), a),
-                             history["ps"], host(state.params))
+                _put(history["ps"], e, host(state.params))
             if on_eval is not None:
                 on_eval(part(e + 1, e + 1), e + 1)
             if store is not None and ((e + 1) * s.eval_every % store.every == 0 or e + 1 == E):
@@ -583,6 +581,11 @@ def _drive(trainer: Trainer, start, segment, keys, params, S: int, progress: boo
     if not s.checkpoints:  # the final parameters, where they are (on the devices)
         out = out._replace(params=jax.tree.map(lambda a: a[:S], state.params))
     return out
+
+
+def _put(buffers, e: int, tree) -> None:
+    """buffers[:, e] = tree, leaf by leaf (buffers: (P, E, ...) numpy arrays)."""
+    jax.tree.map(lambda buf, a: buf.__setitem__((slice(None), e), a), buffers, tree)
 
 
 def _state_to_host(state: _State) -> dict:

@@ -130,7 +130,7 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
     p_star = float(df["p_star"].iloc[0])
     ns = np.sort(df["n"].unique()).astype(float)
     m = int(df.groupby("n").size().min())
-    fig, axs = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axs = plt.subplots(1, 3, figsize=plots.style.size("double", 0.42))
     ax = axs[0]
     fr = []
     for n in ns:
@@ -232,7 +232,7 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
         "coverage quantiles (open markers at the bottom: = 0)",
     )
     ax.set_ylim(top=ax.get_ylim()[1] * 30)  # room for the legend above the theory lines
-    ax.legend(fontsize=6, ncol=2, loc="upper right")
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
     for a in axs:
         a.grid(alpha=0.3, which="both")
         a.set_xticks(ns, [f"{n:g}" for n in ns])

@@ -150,7 +150,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     best step per H, the truncated estimator at one step and at the proof's step."""
     c = curves(read_metrics(Path(dirs[EXPERIMENT])))
     plt = plots.plt
-    fig, axs = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axs = plt.subplots(1, 2, figsize=plots.style.size("double", 0.42))
     series = [("full per-token distillation, best η per H", c["full"], "C3", "o-"),
               (f"truncated estimator (Eqs. 24–25), one step η = {c['trunc_pick']:g}", c["trunc"],
                "C0", "s-"),
@@ -169,10 +169,10 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
         ax.grid(alpha=0.3, which="both")
     axs[0].legend(fontsize=7, loc="center left")
     axs[0].set_title("Thm 6.2: truncated distillation's coverage grows only through σ⋆² (∝ H "
-                     "here)", fontsize=9)
-    axs[1].set_title("same runs: KL (the truncation gives it up beyond log N)", fontsize=9)
+                     "here)")
+    axs[1].set_title("same runs: KL (the truncation gives it up beyond log N)")
     fig.suptitle("Distillation from the teacher's next-token distributions, one pass, exact "
-                 "scores; 95% bootstrap bands over seeds", fontsize=10)
+                 "scores; 95% bootstrap bands over seeds")
     return [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
 
 

@@ -123,7 +123,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     if p.empty:
         raise ValueError(f"{d}: no checkpoints with N > e to plot")
     by = "task.H" if "task.H" in p.columns else None
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=plots.style.size("double", 0.42))
 
     # (a) measured Cov_N against the bound at the measured KL, one colour per N.
     Ns = sorted(set(p["N"]))
@@ -152,7 +152,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     a1.set_yscale("log")
     a1.set_xlabel("bound KL / (log N − 1 + 1/N) at the measured KL")
     a1.set_ylabel("measured Cov_N  (▼: Cov_N = 0)")
-    a1.set_title("every checkpoint × N > e lies below y = x", fontsize=9)
+    a1.set_title("every checkpoint × N > e lies below y = x")
     a1.legend(fontsize=7, ncol=2, loc="lower right")
     a1.grid(alpha=0.3)
 
@@ -169,13 +169,12 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     a2.set_yscale("log")
     a2.set_xlabel("threshold N")
     a2.set_ylabel("bound / measured Cov_N  (≥ 1 when the bound holds)")
-    a2.set_title("looseness over checkpoints with bound < 1 (median, 1/16–15/16 band)", fontsize=9)
+    a2.set_title("looseness over checkpoints with bound < 1 (median, 1/16–15/16 band)")
     a2.legend(fontsize=7, loc="upper right")
     a2.grid(alpha=0.3)
     fig.suptitle(
         f"Prop. 3.1 / D.1: Cov_N ≤ KL/(log N − 1 + 1/N) — {len(p)} (checkpoint, N) pairs, "
         f"{int(p['violation'].sum())} violations",
-        fontsize=10,
     )
     return [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
 

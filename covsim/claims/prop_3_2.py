@@ -163,7 +163,7 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
     df = read_metrics(dirs["prop_3_2"])
     n = int(df["n"].iloc[0])
     Hs = np.sort(df["H"].unique()).astype(float)
-    fig, axs = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axs = plt.subplots(1, 3, figsize=plots.style.size("double", 0.42))
     ax = axs[0]
     worst = {col: fractions(df, col, C_CORRECTED) for col in ESTIMATORS}
     for i, (col, lab) in enumerate(ESTIMATORS.items()):

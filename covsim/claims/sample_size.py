@@ -173,7 +173,7 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
     dn = df[df["task.panel"] == "n"]
     dH = df[df["task.panel"] == "H"]
     seeds = df["seed"].nunique()
-    fig, axs = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axs = plt.subplots(1, 3, figsize=plots.style.size("double", 0.42))
     ax = axs[0]
     for i, (N, c) in enumerate(cols):
         _errorbars(ax, *mean_ci(dn, "n", c), label=f"Cov_{N:g}", i=i)

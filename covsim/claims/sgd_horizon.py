@@ -244,7 +244,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     df = read_metrics(Path(dirs[EXPERIMENT]))
     c = curves(df)
     plt = plots.plt
-    fig, axs = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, axs = plt.subplots(1, 3, figsize=plots.style.size("double", 0.42))
     K, eta, lam = c["fixed_pick"]
     series = [("plain SGD, best η per H", c["plain"], dict(color="C3", marker="o", lw=2)),
               (f"normalized SGD, one setting (K={K}, η={eta:g}, λ={lam:g})", c["fixed"],
@@ -267,9 +267,9 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
         plots.loglog(ax, "sequence length H", ylabel)
         plots.grid_ticks(ax, cv["H"])
         ax.grid(alpha=0.3, which="both")
-    axs[0].set_title("Prop. 5.1 vs Thm 5.1: the deficit of the time average", fontsize=9)
-    axs[1].set_title("same runs: KL", fontsize=9)
-    axs[0].legend(fontsize=6.5, loc="upper left")
+    axs[0].set_title("Prop. 5.1 vs Thm 5.1: the deficit of the time average")
+    axs[1].set_title("same runs: KL")
+    axs[0].legend(fontsize=7, loc="upper left")
     H = max(c["plain"])
     for label, rows, color in (("plain SGD", c["plain"][H], "C3"),
                                ("normalized SGD (fixed)", c["fixed"][H], "C0")):
@@ -283,11 +283,11 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     axs[2].set(xscale="log", yscale="log", xlabel="fresh sequences used (t·K)",
                ylabel=f"Cov_{N_CHECK}(π_θt)", ylim=(TRAJ_FLOOR, 2.0))
     axs[2].set_title(f"H = {H}: Cov along training (1/8–7/8 band; < {TRAJ_FLOOR:g} on the "
-                     "edge)", fontsize=9)
+                     "edge)")
     axs[2].grid(alpha=0.3, which="both")
     axs[2].legend(fontsize=7)
     fig.suptitle("One-pass SGD on the heterogeneous two-prompt mixture, exact scores at every "
-                 "iterate; settings picked on separate seeds", fontsize=10)
+                 "iterate; settings picked on separate seeds")
     return [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
 
 

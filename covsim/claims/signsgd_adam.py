@@ -128,7 +128,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     bands) and at one H-independent setting (dashed)."""
     df = nonfinite_as_worst(read_metrics(Path(dirs[EXPERIMENT])), [COV])
     plt = plots.plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=plots.style.size("double", 0.50))
     colors = {"sgd": "C3", "normalized_sgd": "C0", "sign_sgd": "C2", "adam": "C4"}
     for m in KEYS:
         if m not in set(df["method"]):
@@ -142,10 +142,9 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     plots.loglog(ax, "sequence length H", f"time-averaged Cov_{N_CHECK}")
     plots.grid_ticks(ax, t["x"])
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6.5, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left")
     ax.set_title("§5.2's conjecture: SignSGD and Adam between plain and normalized SGD?\n"
-                 "same instance and budget as sgd_horizon; settings picked on separate seeds",
-                 fontsize=9)
+                 "same instance and budget as sgd_horizon; settings picked on separate seeds")
     return [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
 
 

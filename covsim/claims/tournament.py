@@ -257,7 +257,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     f = frequencies(df)
     ns = sorted(f["mle"])
     plt = plots.plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = plt.subplots(figsize=plots.style.size("double", 0.50))
     for i, ((s, label), color) in enumerate(zip(SELECTORS.items(), ("C3", "C0", "C2"),
                                                    strict=True)):
         xs = np.asarray(ns, float) * 1.04**i  # shifted apart: the tournaments often coincide
@@ -275,7 +275,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center right")
     ax.set_title("Prop. E.1's misspecified class: the MLE keeps the model that loses coverage;\n"
-                 "tournaments (Eqs. 29, 32) leave it as n grows (95% Wilson bands)", fontsize=9)
+                 "tournaments (Eqs. 29, 32) leave it as n grows (95% Wilson bands)")
     files = [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
     if CKPT in dirs and not read_metrics(Path(dirs[CKPT])).empty:
         files.append(checkpoint_figure(Path(dirs[CKPT]), Path(out_folder) / f"{CKPT}.png"))
@@ -291,7 +291,7 @@ def checkpoint_figure(d: Path, path: Path) -> Path:
     N, a = o["N"], o["a"]
     c_hi = _col(df, N ** (1 + a))
     plt = plots.plt
-    fig, axs = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axs = plt.subplots(1, 3, figsize=plots.style.size("double", 0.42))
     g = df.groupby("step")
     x = np.asarray(sorted(df["step"].unique()))
     for ax, col, label in ((axs[0], c_hi, f"Cov_{N ** (1 + a):.3g}"),
@@ -302,7 +302,7 @@ def checkpoint_figure(d: Path, path: Path) -> Path:
                         alpha=0.15, lw=0)
         ax.set_ylabel(label, color=color)
     axs[0].set_xlabel("fine-tuning iteration")
-    axs[0].set_title(f"{len(o['best_cov'])} seeds (mean, band min–max)", fontsize=8)
+    axs[0].set_title(f"{len(o['best_cov'])} seeds (mean, band min–max)")
     rng = np.random.default_rng(0)
     for ax, key, label in ((axs[1], "cov", f"Cov_{N ** (1 + a):.3g} of the pick (lower is "
                             "better)"), (axs[2], "pass", "Pass@8 of the pick")):
@@ -313,10 +313,10 @@ def checkpoint_figure(d: Path, path: Path) -> Path:
             ax.hlines(v.mean(), i - 0.3, i + 0.3, color="k")
         ax.set_xticks(range(len(PICKS)), [PICKS[k].replace(" tournament", "\ntournament")
                                           for k in PICKS], fontsize=7)
-        ax.set_ylabel(label, fontsize=8)
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"Checkpoint selection on Fig. 1's mechanism: tournaments at N = {N:g} "
-                 f"(a = {a:g}) vs min-KL and min-CE", fontsize=9)
+                 f"(a = {a:g}) vs min-KL and min-CE")
     return plots.save(fig, path)
 
 

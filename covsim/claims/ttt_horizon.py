@@ -184,7 +184,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     rare = nonfinite_as_worst(read_metrics(Path(dirs[RARE])), ["kl", "kl_ttt"], worst=KL_WORST)
     _, tok_rare = token_sgd_rows(rare, per_H=True)
     plt = plots.plt
-    fig, axs = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axs = plt.subplots(1, 2, figsize=plots.style.size("double", 0.42))
     panels = [
         (axs[0], [("sequence-level SGD, best η per H", mix["seq"], "kl", "C3", "o-"),
                   ("token SGD, best η per H, ancestral", mix["token"], "kl", "C1", "^--"),
@@ -206,9 +206,9 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
         plots.grid_ticks(ax, cv["x"])
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
     fig.suptitle("Thm 6.1: token-level SGD and test-time training, one pass, KL averaged over "
-                 "checkpoints; 95% bootstrap bands over seeds", fontsize=10)
+                 "checkpoints; 95% bootstrap bands over seeds")
     return [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
 
 

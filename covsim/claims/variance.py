@@ -235,7 +235,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     Ns = [N for N, _ in cov_columns(df)]
     C = check(dirs).numbers.get("fitted_C", math.nan)
     plt = plots.plt
-    fig, axs = plt.subplots(1, 4, figsize=(17, 4.2))
+    fig, axs = plt.subplots(1, 4, figsize=plots.style.size("double", 0.42))
     labels = {"sigma": "inherent variance σ⋆² (exact; k pivotal positions)",
               "n": "sample size n (sequences)", "H": "sequence length H (σ⋆² fixed)"}
     for ax, p in zip(axs[:3], AXIS, strict=True):
@@ -254,9 +254,9 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
         plots.loglog(ax, labels[p], "Cov_N (π_D mass with π_D/π̂ ≥ N)")
         plots.grid_ticks(ax, xs, ".4g")
         ax.grid(alpha=0.3, which="both")
-    axs[0].set_title("grows with σ⋆² (Prop. K.1)", fontsize=9)
-    axs[1].set_title("decays at least like the bound in n", fontsize=9)
-    axs[2].set_title("no growth with H at fixed σ⋆²", fontsize=9)
+    axs[0].set_title("grows with σ⋆² (Prop. K.1)")
+    axs[1].set_title("decays at least like the bound in n")
+    axs[2].set_title("no growth with H at fixed σ⋆²")
     axs[0].legend(fontsize=7, title=f"dashed: C·bound_N, C = {C:.3f}", title_fontsize=7)
     g = _panel(df, "H")
     xs, Y = _wide(g, "H", ["kl"])
@@ -265,13 +265,13 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     axs[3].plot(xs, m, "o-", color="C3", label="sequence KL (exact), mean over seeds")
     axs[3].fill_between(xs, lo, hi, color="C3", alpha=0.15)
     plots.loglog(axs[3], "sequence length H (σ⋆² fixed)", "KL(π_D ‖ π̂) [nats]")
-    axs[3].set_title("same fits: KL grows with H", fontsize=9)
+    axs[3].set_title("same fits: KL grows with H")
     plots.grid_ticks(axs[3], xs, ".4g")
     axs[3].grid(alpha=0.3, which="both")
     axs[3].legend(fontsize=7)
     seeds = int(df["seed"].nunique())
     fig.suptitle(f"Thm 4.2: exact MLE on an AR linear model (ℓ2 ball, B = {df['B'].iloc[0]:g}), "
-                 f"{seeds} seeds; bands: 95% bootstrap over seeds", fontsize=10)
+                 f"{seeds} seeds; bands: 95% bootstrap over seeds")
     return [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
 
 

@@ -275,8 +275,9 @@ def trained_cell(cfg: Config, cell: Cell, model_fn_of=None) -> TrainedCell:
             ptask, model_fn_of(pcfg, ptask), build_optimizer(pcfg, ptask), pspec
         )
         pkeys = jax.vmap(lambda k: jax.random.fold_in(k, _PRETRAIN_STREAM))(keys)
-        pout = run_seeds(ptrainer, pkeys, mode=mode, **live("pretrain", pspec, 0, {"stage": "pretrain"}))
-        pre_records = to_records(pout, pspec, coords={"stage": "pretrain"}, seeds=cell.seeds)
+        pre = {"stage": "pretrain"}
+        pout = run_seeds(ptrainer, pkeys, mode=mode, **live("pretrain", pspec, 0, pre))
+        pre_records = to_records(pout, pspec, coords=pre, seeds=cell.seeds)
         params0 = pout.params
     trainer = make_train(task, model_fn_of(cfg, task), build_optimizer(cfg, task), spec)
     coords = {"stage": "main"} if cfg.pretrain is not None else None
