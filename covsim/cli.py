@@ -288,7 +288,7 @@ def cmd_run(args) -> int:
     # owned (new, empty or a run of this experiment), locked and writable before compute
     with owned_output(out, "run", cfg.experiment.name, need_bytes=sweep_bytes(cfg, [cell])):
         cell_cfg, work = cell_config(cfg, cell), resume.work_dir(out)
-        with StepBars({"run": work}, enabled=not args.quiet):
+        with StepBars(out, ["run"], enabled=not args.quiet):  # its work dir: run.partial
             result = in_work_dir(_cell_fn, out, cell_cfg, cell, work)
         write_run(out, cell_cfg, result)
         shutil.rmtree(work, ignore_errors=True)

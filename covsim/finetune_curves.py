@@ -33,7 +33,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -211,7 +210,7 @@ def figure(d: Path, out: Path, title: str) -> Path:
     S = c["kl"].shape[0]
     pk = picks(c)
     x = c["step"]
-    fig, axs = plt.subplots(1, 4, figsize=plots.style.size("double", 0.42))
+    fig, axs = plots.panels(4)
     ax = axs[0]
     for i, N in enumerate(PROFILE_NS):
         col = cov_col(N)

@@ -5,7 +5,7 @@
     band_plot(ax, df, "step", "kl", by="task.H")           # median ± (1/16, 15/16) band per H
     slope, icpt, r2 = loglog_fit(df["task.H"], df["kl"])   # log y = slope · log x + icpt
     theory_line(ax, xs, bound, "Prop. 3.1 bound")          # dashed
-    save(fig, "figures/horizon.png")                       # atomic, dpi 300, titles fitted, tight layout
+    save(fig, "figures/horizon.png")                       # atomic, dpi 300, fitted
 
 `plot_run(dir, out_folder)` draws the generic figure of any run or sweep directory (KL, CE and
 Cov_N for each N against training step, one line per point of the sweep axes).
@@ -197,6 +197,47 @@ def loglog(ax, xlabel: str, ylabel: str, title: str | None = None) -> None:
         ax.set_title(title)
 
 
+def panels(n: int, per_row: int = 2, row_height: float = 2.9):
+    """(fig, axes) for a figure of `n` panels at the double-column width, at most `per_row`
+    a row (two 3.3-in columns by default, the widths a paper sets them at), `row_height`
+    inches a row; `axes` is a flat array of the n axes (unused grid cells removed)."""
+    ncol = min(n, per_row)
+    nrow = math.ceil(n / ncol)
+    fig, grid = plt.subplots(nrow, ncol, figsize=(style.WIDTHS["double"], row_height * nrow),
+                             squeeze=False)
+    flat = list(grid.flat)
+    for ax in flat[n:]:
+        ax.remove()
+    return fig, np.array(flat[:n], dtype=object)
+
+
+#: a legend of more entries than this is moved below its axes by `save`
+MAX_LEGEND_INSIDE = 4
+
+
+def legends_below(fig, max_inside: int = MAX_LEGEND_INSIDE) -> None:
+    """Move each legend of more than `max_inside` entries below its axes (at a paper's widths a
+    long legend inside a panel covers its data): one column under a panel that shares its
+    row (two would reach past the figure's edge), two under a full-width one; a fixed
+    0.45 in under the axes' bottom edge, below the tick labels and x label, however the
+    layout then resizes the axes."""
+    from matplotlib.transforms import offset_copy
+
+    for ax in fig.axes:
+        leg = ax.get_legend()
+        if leg is None or len(leg.get_texts()) <= max_inside:
+            continue
+        labels = [t.get_text() for t in leg.get_texts()]
+        mine = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+        handles = [mine.get(lab, h) for lab, h in zip(labels, leg.legend_handles, strict=True)]
+        title = leg.get_title().get_text() or None
+        leg.remove()
+        under = offset_copy(ax.transAxes, fig=fig, y=-0.45, units="inches")
+        ncol = 2 if ax.get_position().width > 0.6 else 1
+        ax.legend(handles, labels, title=title, loc="upper center", ncol=ncol,
+                  bbox_to_anchor=(0.5, 0.0), bbox_transform=under)
+
+
 def fit_titles(fig) -> None:
     """Break each axes title and the figure title into lines that fit their width (at
     about half an em per character), so long titles stay readable at a paper's column
@@ -215,8 +256,10 @@ def fit_titles(fig) -> None:
 
 
 def save(fig, path: str | Path, dpi: int = DPI) -> Path:
-    """Fit the titles (`fit_titles`), tight layout, write `path` atomically (temp file in the same folder, then rename), close
-    the figure. The format comes from the suffix (.png, .pdf, .svg)."""
+    """Fit the titles (`fit_titles`), move long legends below their axes
+    (`legends_below`), tight layout, write `path` atomically (temp file in the
+    same folder, then rename), close the figure. The format comes from the suffix (.png,
+    .pdf, .svg)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower()
     if not fmt:
@@ -224,6 +267,7 @@ def save(fig, path: str | Path, dpi: int = DPI) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fit_titles(fig)
+        legends_below(fig)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, dpi=dpi, format=fmt)

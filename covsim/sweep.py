@@ -52,6 +52,7 @@ from covsim.results import (
     EVENTS,
     FINISHED,
     MANIFEST,
+    PARTIAL_SUFFIX,
     CorruptResult,
     RunResult,
     dumps,
@@ -532,7 +533,7 @@ def _run_cells(
         disable=not progress,
     )
     failed = 0
-    step_bars = StepBars({c.id: resume.work_dir(out, c.id) for c, _ in todo}, progress)
+    step_bars = StepBars(out, [c.id for c, _ in todo], progress)
     try:
         with step_bars, open(out / EVENTS, "a", encoding="utf-8") as events:
             for cell, res in run(cell_fn, todo, workers):
@@ -565,19 +566,23 @@ def _run_cells(
 
 class StepBars:
     """While entered, a tqdm bar per running cell (steps done / total, steps/s, ETA), from
-    the progress.json of its work directory, polled by a thread: the cells may run in this
-    process, in worker processes or on Ray workers that share the file system. A bar
-    appears when its cell writes progress and goes when the cell's steps are done."""
+    the progress.json of its work directory (`<id>.partial/` under `parent`, for the ids in
+    `ids`), polled by a thread: the cells may run in this process, in worker processes or on
+    Ray workers that share the file system. A bar appears when its cell writes progress and
+    goes when the cell's steps are done. One directory listing per poll, so the cost does
+    not grow with the cells that are not running."""
 
-    def __init__(self, work_dirs: Mapping[str, Path], enabled: bool = True,
+    def __init__(self, parent: Path, ids: Sequence[str], enabled: bool = True,
                  interval_s: float = 0.5):
-        self.work_dirs, self.enabled, self.interval_s = dict(work_dirs), enabled, interval_s
+        self.parent, self.ids, self.enabled = Path(parent), set(ids), enabled
+        self.interval_s = interval_s
         self._stop = threading.Event()
         self._bars: dict[str, tqdm] = {}
+        self._done: set[str] = set()  # cells whose steps are all done: no bar again
         self._thread = None
 
     def __enter__(self) -> StepBars:
-        if self.enabled and self.work_dirs:
+        if self.enabled and self.ids:
             self._thread = threading.Thread(target=self._run, name="covsim-step-bars",
                                             daemon=True)
             self._thread.start()
@@ -597,19 +602,26 @@ class StepBars:
 
     def poll(self) -> None:
         """Bring the bars up to date once."""
-        for cid, d in list(self.work_dirs.items()):
-            p = resume.read_progress(d)
-            bar = self._bars.get(cid)
+        seen = {}
+        try:
+            entries = list(os.scandir(self.parent))
+        except OSError:
+            entries = []
+        for entry in entries:
+            cid = entry.name.removesuffix(PARTIAL_SUFFIX)
+            if cid != entry.name and cid in self.ids and cid not in self._done:
+                seen[cid] = resume.read_progress(Path(entry.path))
+        for cid in set(self._bars) | set(seen):
+            p, bar = seen.get(cid), self._bars.get(cid)
             if p is None or p["step"] >= p["total"]:
                 if bar is not None:
                     bar.close()
                     del self._bars[cid]
-                if p is not None:  # finished its steps: no bar for it again
-                    self.work_dirs.pop(cid)
-                continue
-            if bar is None:
-                bar = self._bars[cid] = tqdm(total=p["total"], initial=p["step"], unit="step",
-                                             desc=cid[:32], leave=False)
+                if p is not None:
+                    self._done.add(cid)
+            elif bar is None:
+                self._bars[cid] = tqdm(total=p["total"], initial=p["step"], unit="step",
+                                       desc=cid[:32], leave=False)
             elif p["step"] > bar.n:
                 bar.update(p["step"] - bar.n)
 

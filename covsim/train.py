@@ -2,7 +2,8 @@
 
     trainer = make_train(task, model_fn, optimizer, spec)
     out = trainer(key)                       # whole run: one pure function (jit/vmap-able)
-    outs = run_seeds(trainer, seeds)         # many seeds, vmapped, with a progress bar
+    outs = run_seeds(trainer, seeds)         # many seeds, driven segment by segment (a
+                                             # progress bar, streamed checkpoints, resume)
 
 A run is `spec.n_steps` optimizer steps split into `n_evals = n_steps // eval_every` segments; each
 segment is a `lax.scan` over `eval_every` steps followed by an evaluation on a fixed set of

@@ -149,21 +149,31 @@ def test_work_dir_of_another_config_is_cleared(tmp_path):
 
 
 def test_step_bars_follow_progress_files(tmp_path):
-    dirs = {c: tmp_path / c for c in ("a", "b")}
+    """A bar per running cell of the given ids, from its work directory's progress file; a
+    torn file is skipped; a cell whose steps are done loses its bar for good."""
+    dirs = {c: resume.work_dir(tmp_path, c) for c in ("a", "b", "other")}
     for d in dirs.values():
         d.mkdir()
-    bars = StepBars(dirs, enabled=True)
-    (dirs["a"] / resume.PROGRESS).write_text(json.dumps({"step": 10, "total": 40, "time": 0}))
+    write = lambda c, text: (dirs[c] / resume.PROGRESS).write_text(text)
+    step = lambda n: json.dumps({"step": n, "total": 40, "time": 0})
+    bars = StepBars(tmp_path, ["a", "b"])
+    write("a", step(10))
+    write("other", step(10))  # not a cell of this sweep's
     bars.poll()
     assert list(bars._bars) == ["a"] and bars._bars["a"].n == 10
-    (dirs["a"] / resume.PROGRESS).write_text(json.dumps({"step": 30, "total": 40, "time": 0}))
-    (dirs["b"] / resume.PROGRESS).write_text("{torn")  # being replaced: ignored
+    write("a", step(30))
+    write("b", "{torn")  # being replaced: ignored
     bars.poll()
     assert bars._bars["a"].n == 30 and "b" not in bars._bars
-    (dirs["a"] / resume.PROGRESS).write_text(json.dumps({"step": 40, "total": 40, "time": 0}))
+    write("a", step(40))
+    write("b", step(5))
     bars.poll()
-    assert not bars._bars and "a" not in bars.work_dirs  # done: its bar is gone for good
+    assert list(bars._bars) == ["b"] and "a" in bars._done
+    write("a", step(0))  # its steps are done: no bar for it again
+    bars.poll()
+    assert list(bars._bars) == ["b"]
     bars.__exit__(None, None, None)
+    assert not bars._bars
 
 
 def test_checkpoint_every_must_be_a_multiple_of_eval_every():

@@ -125,12 +125,11 @@ def figure(dirs: Dirs, out: Path) -> list[Path]:
 
     from covsim import plots
 
-    plt = plots.plt
     df = read_metrics(dirs["bernoulli"])
     p_star = float(df["p_star"].iloc[0])
     ns = np.sort(df["n"].unique()).astype(float)
     m = int(df.groupby("n").size().min())
-    fig, axs = plt.subplots(1, 3, figsize=plots.style.size("double", 0.42))
+    fig, axs = plots.panels(3)
     ax = axs[0]
     fr = []
     for n in ns:

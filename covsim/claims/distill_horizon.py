@@ -149,8 +149,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     """Time-averaged Cov_N (left) and KL (right) against H: full per-token distillation at its
     best step per H, the truncated estimator at one step and at the proof's step."""
     c = curves(read_metrics(Path(dirs[EXPERIMENT])))
-    plt = plots.plt
-    fig, axs = plt.subplots(1, 2, figsize=plots.style.size("double", 0.42))
+    fig, axs = plots.panels(2)
     series = [("full per-token distillation, best η per H", c["full"], "C3", "o-"),
               (f"truncated estimator (Eqs. 24–25), one step η = {c['trunc_pick']:g}", c["trunc"],
                "C0", "s-"),

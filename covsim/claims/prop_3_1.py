@@ -123,7 +123,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     if p.empty:
         raise ValueError(f"{d}: no checkpoints with N > e to plot")
     by = "task.H" if "task.H" in p.columns else None
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=plots.style.size("double", 0.42))
+    fig, (a1, a2) = plots.panels(2)
 
     # (a) measured Cov_N against the bound at the measured KL, one colour per N.
     Ns = sorted(set(p["N"]))

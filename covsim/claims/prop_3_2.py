@@ -159,11 +159,10 @@ def check(dirs: Dirs) -> Verdict:
 def figure(dirs: Dirs, out: Path) -> list[Path]:
     from covsim import plots
 
-    plt = plots.plt
     df = read_metrics(dirs["prop_3_2"])
     n = int(df["n"].iloc[0])
     Hs = np.sort(df["H"].unique()).astype(float)
-    fig, axs = plt.subplots(1, 3, figsize=plots.style.size("double", 0.42))
+    fig, axs = plots.panels(3)
     ax = axs[0]
     worst = {col: fractions(df, col, C_CORRECTED) for col in ESTIMATORS}
     for i, (col, lab) in enumerate(ESTIMATORS.items()):

@@ -167,13 +167,12 @@ def _errorbars(ax, xs, m, lo, hi, label, i: int = 0, **kw):
 def figure(dirs: Dirs, out: Path) -> list[Path]:
     from covsim import plots
 
-    plt = plots.plt
     df = read_metrics(dirs["sample_size"])
     cols = cov_columns(df)
     dn = df[df["task.panel"] == "n"]
     dH = df[df["task.panel"] == "H"]
     seeds = df["seed"].nunique()
-    fig, axs = plt.subplots(1, 3, figsize=plots.style.size("double", 0.42))
+    fig, axs = plots.panels(3)
     ax = axs[0]
     for i, (N, c) in enumerate(cols):
         _errorbars(ax, *mean_ci(dn, "n", c), label=f"Cov_{N:g}", i=i)

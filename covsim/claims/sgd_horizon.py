@@ -243,8 +243,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     largest H against the sequences used (same budget for every method)."""
     df = read_metrics(Path(dirs[EXPERIMENT]))
     c = curves(df)
-    plt = plots.plt
-    fig, axs = plt.subplots(1, 3, figsize=plots.style.size("double", 0.42))
+    fig, axs = plots.panels(3)
     K, eta, lam = c["fixed_pick"]
     series = [("plain SGD, best η per H", c["plain"], dict(color="C3", marker="o", lw=2)),
               (f"normalized SGD, one setting (K={K}, η={eta:g}, λ={lam:g})", c["fixed"],

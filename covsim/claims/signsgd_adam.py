@@ -127,8 +127,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     """Time-averaged Cov_N against H for the four methods: tuned per H (solid, 95% bootstrap
     bands) and at one H-independent setting (dashed)."""
     df = nonfinite_as_worst(read_metrics(Path(dirs[EXPERIMENT])), [COV])
-    plt = plots.plt
-    fig, ax = plt.subplots(figsize=plots.style.size("double", 0.50))
+    fig, (ax,) = plots.panels(1)
     colors = {"sgd": "C3", "normalized_sgd": "C0", "sign_sgd": "C2", "adam": "C4"}
     for m in KEYS:
         if m not in set(df["method"]):

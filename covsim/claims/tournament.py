@@ -256,8 +256,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     df = read_metrics(Path(dirs[NAME]))
     f = frequencies(df)
     ns = sorted(f["mle"])
-    plt = plots.plt
-    fig, ax = plt.subplots(figsize=plots.style.size("double", 0.50))
+    fig, (ax,) = plots.panels(1)
     for i, ((s, label), color) in enumerate(zip(SELECTORS.items(), ("C3", "C0", "C2"),
                                                    strict=True)):
         xs = np.asarray(ns, float) * 1.04**i  # shifted apart: the tournaments often coincide
@@ -290,8 +289,7 @@ def checkpoint_figure(d: Path, path: Path) -> Path:
     df = finetune_curves.finetune_rows(read_metrics(d))
     N, a = o["N"], o["a"]
     c_hi = _col(df, N ** (1 + a))
-    plt = plots.plt
-    fig, axs = plt.subplots(1, 3, figsize=plots.style.size("double", 0.42))
+    fig, axs = plots.panels(3)
     g = df.groupby("step")
     x = np.asarray(sorted(df["step"].unique()))
     for ax, col, label in ((axs[0], c_hi, f"Cov_{N ** (1 + a):.3g}"),

@@ -183,8 +183,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     mix = mixture_curves(read_metrics(Path(dirs[MIXTURE])))
     rare = nonfinite_as_worst(read_metrics(Path(dirs[RARE])), ["kl", "kl_ttt"], worst=KL_WORST)
     _, tok_rare = token_sgd_rows(rare, per_H=True)
-    plt = plots.plt
-    fig, axs = plt.subplots(1, 2, figsize=plots.style.size("double", 0.42))
+    fig, axs = plots.panels(2)
     panels = [
         (axs[0], [("sequence-level SGD, best η per H", mix["seq"], "kl", "C3", "o-"),
                   ("token SGD, best η per H, ancestral", mix["token"], "kl", "C1", "^--"),

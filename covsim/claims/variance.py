@@ -234,8 +234,7 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
     df = read_metrics(d)
     Ns = [N for N, _ in cov_columns(df)]
     C = check(dirs).numbers.get("fitted_C", math.nan)
-    plt = plots.plt
-    fig, axs = plt.subplots(1, 4, figsize=plots.style.size("double", 0.42))
+    fig, axs = plots.panels(4)
     labels = {"sigma": "inherent variance σ⋆² (exact; k pivotal positions)",
               "n": "sample size n (sequences)", "H": "sequence length H (σ⋆² fixed)"}
     for ax, p in zip(axs[:3], AXIS, strict=True):
