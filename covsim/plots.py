@@ -32,6 +32,7 @@ matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullFormatter  # noqa: E402
 
 from covsim import style  # noqa: E402
 from covsim.fileio import atomic_write_text  # noqa: E402
@@ -208,6 +209,7 @@ def panels(n: int, per_row: int = 2, row_height: float = 2.9):
     flat = list(grid.flat)
     for ax in flat[n:]:
         ax.remove()
+    fig.legends_below = True  # `save` moves its long legends under their panels
     return fig, np.array(flat[:n], dtype=object)
 
 
@@ -217,12 +219,15 @@ MAX_LEGEND_INSIDE = 4
 
 def legends_below(fig, max_inside: int = MAX_LEGEND_INSIDE) -> None:
     """Move each legend of more than `max_inside` entries below its axes (at a paper's widths a
-    long legend inside a panel covers its data): one column under a panel that shares its
-    row (two would reach past the figure's edge), two under a full-width one; a fixed
-    0.45 in under the axes' bottom edge, below the tick labels and x label, however the
-    layout then resizes the axes."""
+    long legend inside a panel covers its data): in two columns when they fit the panel's
+    width, else one; a fixed 0.45 in under the axes' bottom edge (below the tick labels and
+    x label). The figure grows by the tallest such legend of each row of panels, so the
+    panels keep their size instead of being squeezed."""
     from matplotlib.transforms import offset_copy
 
+    grow: dict[float, float] = {}  # row (its axes' bottom, rounded) -> inches added
+    size = plt.rcParams["legend.fontsize"]
+    size = size if isinstance(size, int | float) else 7.0
     for ax in fig.axes:
         leg = ax.get_legend()
         if leg is None or len(leg.get_texts()) <= max_inside:
@@ -232,32 +237,72 @@ def legends_below(fig, max_inside: int = MAX_LEGEND_INSIDE) -> None:
         handles = [mine.get(lab, h) for lab, h in zip(labels, leg.legend_handles, strict=True)]
         title = leg.get_title().get_text() or None
         leg.remove()
+        col_pt = 0.55 * size * max(len(lab) for lab in labels) + 3 * size  # text and handle
+        width_pt = ax.get_position().width * fig.get_figwidth() * 72
+        ncol = 2 if 2 * col_pt <= 1.1 * width_pt else 1
         under = offset_copy(ax.transAxes, fig=fig, y=-0.45, units="inches")
-        ncol = 2 if ax.get_position().width > 0.6 else 1
         ax.legend(handles, labels, title=title, loc="upper center", ncol=ncol,
                   bbox_to_anchor=(0.5, 0.0), bbox_transform=under)
+        rows = -(-len(labels) // ncol) + (title is not None)
+        row = round(ax.get_position().y0, 2)
+        grow[row] = max(grow.get(row, 0.0), 0.1 + rows * 1.45 * size / 72)
+    if grow:
+        fig.set_figheight(fig.get_figheight() + sum(grow.values()))
+
+
+def shared_legend_below(fig) -> float:
+    """One legend under the whole figure, of every labelled line of its axes (each label
+    once), in place of the axes' own; returns the fraction of the figure's height it takes
+    (what the layout must leave free)."""
+    handles, labels = [], []
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if not labels:
+        return 0.0
+    # as many columns (≤ 3) as the longest label allows across the figure's width
+    size = plt.rcParams["legend.fontsize"]
+    size = size if isinstance(size, int | float) else 7.0
+    col_pt = 0.55 * size * max(len(lab) for lab in labels) + 3 * size  # text and handle
+    ncol = int(max(1, min(3, len(labels), fig.get_figwidth() * 72 // col_pt)))
+    leg = fig.legend(handles, labels, loc="lower center", ncol=ncol, bbox_to_anchor=(0.5, 0.0))
+    fig.canvas.draw()
+    return leg.get_window_extent().height / fig.bbox.height
 
 
 def fit_titles(fig) -> None:
-    """Break each axes title and the figure title into lines that fit their width (at
-    about half an em per character), so long titles stay readable at a paper's column
-    widths instead of running off the figure. Text with mathtext ($...$) is left alone."""
+    """Break each axes title, y label and the figure title into lines that fit their length
+    (at about half an em per character), so long titles stay readable at a paper's column
+    widths instead of running off the figure; text with mathtext ($...$) is left alone.
+    On log axes with chosen (fixed) ticks, the minor tick labels are turned off."""
     em = 0.5  # average character width, in units of the font size
     texts = [(ax.title, ax.get_position().width * fig.get_figwidth()) for ax in fig.axes
              if ax.get_visible()]
     if getattr(fig, "_suptitle", None) is not None:
         texts.append((fig._suptitle, fig.get_figwidth()))
+    # y labels run along the axes' height
+    texts += [(ax.yaxis.label, ax.get_position().height * fig.get_figheight())
+              for ax in fig.axes if ax.get_visible()]
     for t, width_in in texts:
         text = t.get_text()
         if not text or "$" in text:
             continue
         chars = max(20, int(width_in * 72 / (em * t.get_fontsize())))
         t.set_text("\n".join(textwrap.fill(line, chars) for line in text.split("\n")))
+    for ax in fig.axes:  # log axes with chosen ticks: minor labels would print over them
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log" and isinstance(axis.get_major_locator(), FixedLocator):
+                axis.set_minor_formatter(NullFormatter())
 
 
 def save(fig, path: str | Path, dpi: int = DPI) -> Path:
-    """Fit the titles (`fit_titles`), move long legends below their axes
-    (`legends_below`), tight layout, write `path` atomically (temp file in the
+    """Fit the titles (`fit_titles`), move long legends below their axes in a `panels`
+    figure (`legends_below`) or gather them in one under a `shared_legend` figure
+    (`shared_legend_below`), tight layout, write `path` atomically (temp file in the
     same folder, then rename), close the figure. The format comes from the suffix (.png,
     .pdf, .svg)."""
     path = Path(path)
@@ -267,8 +312,10 @@ def save(fig, path: str | Path, dpi: int = DPI) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fit_titles(fig)
-        legends_below(fig)
-        fig.tight_layout()
+        if getattr(fig, "legends_below", False):
+            legends_below(fig)
+        bottom = shared_legend_below(fig) if getattr(fig, "shared_legend", False) else 0.0
+        fig.tight_layout(rect=(0, bottom, 1, 1))
         buf = io.BytesIO()
         fig.savefig(buf, dpi=dpi, format=fmt)
         atomic_write_text(path, buf.getvalue())
@@ -333,7 +380,8 @@ def length_figure(d: Path, by: str, N: int, label_fmt: str, xlabel: str, title: 
     q, caption = (q, "band = 1/16–15/16 quantiles") if seeds >= style.MIN_SEEDS_FOR_QUANTILES \
         else style.band(seeds)
 
-    fig, axs = plt.subplots(1, 3, figsize=style.size("double", 0.36))
+    fig, axs = plt.subplots(1, 3, figsize=style.size("double", 0.42))
+    fig.shared_legend = True  # the panels share their lines: one legend under the figure
     panels = [
         ("kl", "sequence KL(π_D ‖ π̂) [nats]", True),
         (col, f"Cov_{N} (π_D mass with π_D/π̂ ≥ {N})", False),
@@ -360,8 +408,6 @@ def length_figure(d: Path, by: str, N: int, label_fmt: str, xlabel: str, title: 
     ins.grid(alpha=0.3)
     fit = f"{fit_label} ≈ {slope:.3f}·H {icpt:+.2f} (R² {r2:.3f})"
     axs[0].plot([], [], " ", label=fit)
-    axs[0].legend(fontsize=7)
-    axs[2].legend(fontsize=7)
     fig.suptitle(f"{title}; median over {seeds} seeds, {caption.split(', ')[-1]}")
     return fig
 

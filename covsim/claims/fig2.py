@@ -200,7 +200,6 @@ def figure(dirs: Dirs, out_folder: Path) -> list[Path]:
         ax_kl.plot([], [], "*", color="0.5", mec="k",
                    label=f"★ µ̃-weighted per-class: final KL ≈ {strat['slope']:.3f}·H "
                          f"{strat['icpt']:+.2f} (R² {strat['r2']:.3f})")
-        ax_kl.legend(fontsize=7)
     return [plots.save(fig, Path(out_folder) / f"{NAME}.png")]
 
 
