@@ -32,6 +32,7 @@ unaffected.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
@@ -435,9 +436,10 @@ def run_seeds(
     """Run several seeds (ints, a count, or an array of typed PRNG keys); the output gains a
     leading seed axis.
 
-    The seeds advance together one segment (`eval_every` steps and an evaluation) per
-    compiled call, driven from the host: two programs, `init` + the first evaluation and
-    `segment`, compiled once per trainer and reused by a second call with the same shapes.
+    The seeds advance together one segment (`eval_every` steps, then an evaluation) at a
+    time, driven from the host: three programs (init, `eval_every` training steps, the
+    evaluation), each compiled once per trainer and reused by a second call with the same
+    shapes.
     Between segments the host can show a tqdm bar (`progress`: steps, steps/s, ETA), hand
     each new checkpoint to `on_eval(part, first)` (`part`: a TrainOutput of checkpoints
     first..e of every seed, `first` = 0 for the first call; a resumed run's first call
@@ -480,8 +482,8 @@ def run_seeds(
     if pad:  # repeat the last seed so every device gets as many; the copies are dropped
         grow = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])
         keys, params = grow(keys), None if params is None else jax.tree.map(grow, params)
-    start, segment = _programs(trainer, mode, tuple(devices[:D]), params is not None)
-    return _drive(trainer, start, segment, keys, params, S, progress, on_eval, store)
+    programs = _programs(trainer, mode, tuple(devices[:D]), params is not None)
+    return _drive(trainer, programs, keys, params, S, progress, on_eval, store)
 
 
 class StateStore(Protocol):
@@ -497,25 +499,28 @@ class StateStore(Protocol):
 
 
 def _programs(trainer: Trainer, mode: str, devices: tuple, warm: bool):
-    """(start, segment), jitted over the seed axis for `mode` over `devices`, built once per
-    trainer: start(keys, params) -> (state, data, eval_set, first evaluation), segment(state,
-    data, eval_set) -> (state, (metrics, mean loss))."""
+    """(init, train, evaluate), jitted over the seed axis for `mode` over `devices`, built
+    once per trainer: init(keys, params) -> (state, data, eval_set); train(state, data) ->
+    (state, mean loss) over `eval_every` steps (`Trainer.train_steps`); evaluate(params,
+    eval_set) -> metrics. The evaluation is one program for every checkpoint, compiled once
+    (inlined into a segment's program it would be compiled twice: a cold start pays for
+    every compilation)."""
     cache = trainer.__dict__.setdefault("_programs", {})
     key = (mode, devices, warm)
     if key not in cache:
-        def start_one(k, p=None):
-            state, data, eval_set = trainer.init(k, p)
-            return state, data, eval_set, trainer.evaluate(state.params, eval_set)
-
         def over_seeds(f):  # f on each of this device's seeds
             if mode == "vmap":
                 return jax.vmap(f)
             return lambda *args: jax.lax.map(lambda a: f(*a), args)
 
-        starts = over_seeds(start_one if warm else lambda k: start_one(k))
-        start = (lambda keys, params: starts(keys, params)) if warm else \
-            (lambda keys, params: starts(keys))
-        segment = over_seeds(trainer.segment)
+        def train_one(state, data):
+            state, losses = trainer.train_steps(state, data)
+            return state, jnp.mean(losses)
+
+        inits = over_seeds(trainer.init if warm else lambda k: trainer.init(k))
+        init = (lambda keys, params: inits(keys, params)) if warm else \
+            (lambda keys, params: inits(keys))
+        train, evaluate = over_seeds(train_one), over_seeds(trainer.evaluate)
         if len(devices) > 1:
             from jax.sharding import Mesh, PartitionSpec
 
@@ -523,20 +528,21 @@ def _programs(trainer: Trainer, mode: str, devices: tuple, warm: bool):
             spec = PartitionSpec("seed")
             shard = lambda f, ins: jax.shard_map(f, mesh=mesh, in_specs=ins, out_specs=spec,
                                                  check_vma=False)
-            start = shard(start, (spec, spec if warm else None))
-            segment = shard(segment, (spec, spec, spec))
-        cache[key] = (jax.jit(start), jax.jit(segment))
+            init = shard(init, (spec, spec if warm else None))
+            train, evaluate = shard(train, (spec, spec)), shard(evaluate, (spec, spec))
+        cache[key] = (jax.jit(init), jax.jit(train), jax.jit(evaluate))
     return cache[key]
 
 
-def _drive(trainer: Trainer, start, segment, keys, params, S: int, progress: bool, on_eval,
+def _drive(trainer: Trainer, programs, keys, params, S: int, progress: bool, on_eval,
            store: StateStore | None) -> TrainOutput:
     """The host loop of `run_seeds` over the padded seeds; returns the first S seeds'."""
     s = trainer.spec
     E = s.n_evals
     host = lambda t: jax.tree.map(np.asarray, t)
-    state, data, eval_set, ev0 = start(keys, params)
-    ev0 = host(ev0)
+    init, train, evaluate = programs
+    state, data, eval_set = init(keys, params)
+    ev0 = host(evaluate(state.params, eval_set))
     params0 = host(state.params) if s.checkpoints else None
     P = len(keys)
     history = {  # checkpoints 1..E of every seed, filled segment by segment
@@ -564,8 +570,11 @@ def _drive(trainer: Trainer, start, segment, keys, params, S: int, progress: boo
         bar = tqdm(total=s.n_steps, initial=done * s.eval_every, unit="step", desc="train")
     try:
         for e in range(done, E):
-            state, (ev, loss) = segment(state, data, eval_set)
-            _put(history["evs"], e, host(ev))
+            state, loss = train(state, data)
+            # a seed that has diverged (now or before) gets NaN metrics, as in `segment`
+            dead = np.asarray(state.diverged_step) >= 0
+            ev = host(evaluate(state.params, eval_set))
+            _put(history["evs"], e, jax.tree.map(functools.partial(_nan_where, dead), ev))
             history["losses"][:, e] = np.asarray(loss)
             if s.checkpoints:
                 _put(history["ps"], e, host(state.params))
@@ -582,6 +591,11 @@ def _drive(trainer: Trainer, start, segment, keys, params, S: int, progress: boo
     if not s.checkpoints:  # the final parameters, where they are (on the devices)
         out = out._replace(params=jax.tree.map(lambda a: a[:S], state.params))
     return out
+
+
+def _nan_where(rows: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """`a` with NaN in the leading-axis rows where `rows` (P,) is true."""
+    return np.where(rows.reshape(-1, *[1] * (a.ndim - 1)), np.nan, a).astype(a.dtype)
 
 
 def _put(buffers, e: int, tree) -> None:
