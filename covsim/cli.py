@@ -413,7 +413,7 @@ def cmd_describe(args) -> int:
 def cmd_plot(args) -> int:
     from covsim import plots
     from covsim.claims import CLAIMS
-    from covsim.results import partial_records, read_config
+    from covsim.results import partial_paths, read_config
 
     d = Path(args.dir)
     if not (d / "config.toml").is_file():
@@ -421,7 +421,7 @@ def cmd_plot(args) -> int:
     exp = read_config(d).experiment
     claim = CLAIMS.get(exp.claim)
     out = Path(args.out) if args.out else d / FIGURES
-    running = partial_records(d)
+    running = partial_paths(d)
     if running:
         print(f"{d}: {len(running)} run(s) not finished; drawing the generic figures with "
               "their partial records", file=sys.stderr)

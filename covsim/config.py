@@ -576,6 +576,17 @@ _MODELS: dict[str, type[BaseModel]] = {
 _PRETRAIN_PARTS = {"task": TaskSection, "optim": OptimSection, "train": TrainSection}
 
 
+def _table_keys(node: dict[str, Any], section: str, model: type[BaseModel],
+                registry: Registry) -> set[str]:
+    """The keys a table of `section` may hold: those set, its model's fields and, for a
+    component (task, model, optim), its kind's registered parameters."""
+    known = set(node) | set(model.model_fields)
+    if section in COMPONENTS:
+        kind = node.get("name" if section == "optim" else "kind")
+        known |= (registry.get(section) or {}).get(kind) or set()
+    return known
+
+
 def _resolve(
     raw: dict[str, Any], segs: tuple[str, ...], registry: Registry, *, create: bool
 ) -> tuple[dict[str, Any], str]:
@@ -598,22 +609,15 @@ def _resolve(
     if len(segs) == 3 and segs[:2] == ("sweep", "axes"):
         return node, key
     if len(segs) == 2:
-        known = set(node) | set(_MODELS[section].model_fields)
-        if section in COMPONENTS:
-            kind = node.get("name" if section == "optim" else "kind")
-            known |= (registry.get(section) or {}).get(kind) or set()
+        known = _table_keys(node, section, _MODELS[section], registry)
         if section == "runner":  # the runner's own parameters
             from covsim import registry as R
 
             entry = R.entry("runner", (raw.get("experiment") or {}).get("runner", "train"))
             known |= (entry.param_names if entry else None) or set()
     elif len(segs) == 3 and section == "pretrain" and segs[1] in _PRETRAIN_PARTS:
-        # a stage's table: its section's fields (and its kind's parameters), set or not
-        sub = segs[1]
-        known = set(node) | set(_PRETRAIN_PARTS[sub].model_fields)
-        if sub in COMPONENTS:
-            kind = node.get("name" if sub == "optim" else "kind")
-            known |= (registry.get(sub) or {}).get(kind) or set()
+        # a stage's table: the keys of its section, set or not
+        known = _table_keys(node, segs[1], _PRETRAIN_PARTS[segs[1]], registry)
     else:
         known = set(node)
     if key not in known:

@@ -447,18 +447,23 @@ def _only_partial(d: Path) -> bool:
     return (d / f"run{PARTIAL_SUFFIX}").is_dir() and not (d / DONE).is_file()
 
 
-def partial_records(directory: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """{run name: records streamed so far} of the cells of a sweep dir (or the run of a run
-    dir) that have not finished: each one's metrics.jsonl.partial, a torn last line (a write
-    cut short) left out."""
+def partial_paths(directory: str | Path) -> dict[str, Path]:
+    """{run name: its metrics.jsonl.partial} of the cells of a sweep dir (or the run of a run
+    dir) that have not finished and have streamed records."""
     d = Path(directory)
     if (d / MANIFEST).is_file():
         todo = [c["id"] for c in read_manifest(d)["cells"] if c["status"] not in FINISHED]
         found = {i: d / f"{i}{PARTIAL_SUFFIX}" / PARTIAL_RECORDS for i in todo}
     else:
         found = {d.name: d / f"run{PARTIAL_SUFFIX}" / PARTIAL_RECORDS}
+    return {name: p for name, p in found.items() if p.is_file()}
+
+
+def partial_records(directory: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """{run name: records streamed so far} of `partial_paths`' runs, a torn last line (a
+    write cut short) left out."""
     out = {}
-    for name, path in found.items():
+    for name, path in partial_paths(directory).items():
         try:
             text = path.read_text("utf-8")
         except (FileNotFoundError, UnicodeDecodeError):

@@ -32,7 +32,6 @@ unaffected.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
@@ -501,10 +500,10 @@ class StateStore(Protocol):
 def _programs(trainer: Trainer, mode: str, devices: tuple, warm: bool):
     """(init, train, evaluate), jitted over the seed axis for `mode` over `devices`, built
     once per trainer: init(keys, params) -> (state, data, eval_set); train(state, data) ->
-    (state, mean loss) over `eval_every` steps (`Trainer.train_steps`); evaluate(params,
-    eval_set) -> metrics. The evaluation is one program for every checkpoint, compiled once
-    (inlined into a segment's program it would be compiled twice: a cold start pays for
-    every compilation)."""
+    (state, mean loss) over `eval_every` steps (`Trainer.train_steps`); evaluate(state,
+    eval_set) -> metrics (NaN for a seed that has diverged, as in `Trainer.segment`). The
+    evaluation is one program for every checkpoint, compiled once (inlined into a segment's
+    program it would be compiled twice: a cold start pays for every compilation)."""
     cache = trainer.__dict__.setdefault("_programs", {})
     key = (mode, devices, warm)
     if key not in cache:
@@ -520,7 +519,11 @@ def _programs(trainer: Trainer, mode: str, devices: tuple, warm: bool):
         inits = over_seeds(trainer.init if warm else lambda k: trainer.init(k))
         init = (lambda keys, params: inits(keys, params)) if warm else \
             (lambda keys, params: inits(keys))
-        train, evaluate = over_seeds(train_one), over_seeds(trainer.evaluate)
+        def evaluate_one(state, eval_set):  # a seed that has diverged gets NaN metrics
+            ev = trainer.evaluate(state.params, eval_set)
+            return _mask_if(state.diverged_step >= 0, ev)
+
+        train, evaluate = over_seeds(train_one), over_seeds(evaluate_one)
         if len(devices) > 1:
             from jax.sharding import Mesh, PartitionSpec
 
@@ -539,11 +542,10 @@ def _drive(trainer: Trainer, programs, keys, params, S: int, progress: bool, on_
     """The host loop of `run_seeds` over the padded seeds; returns the first S seeds'."""
     s = trainer.spec
     E = s.n_evals
-    host = lambda t: jax.tree.map(np.asarray, t)
     init, train, evaluate = programs
     state, data, eval_set = init(keys, params)
-    ev0 = host(evaluate(state.params, eval_set))
-    params0 = host(state.params) if s.checkpoints else None
+    ev0 = host_tree(evaluate(state, eval_set))
+    params0 = host_tree(state.params) if s.checkpoints else None
     P = len(keys)
     history = {  # checkpoints 1..E of every seed, filled segment by segment
         "evs": jax.tree.map(lambda a: np.zeros((P, E, *a.shape[1:]), a.dtype), ev0),
@@ -571,13 +573,10 @@ def _drive(trainer: Trainer, programs, keys, params, S: int, progress: bool, on_
     try:
         for e in range(done, E):
             state, loss = train(state, data)
-            # a seed that has diverged (now or before) gets NaN metrics, as in `segment`
-            dead = np.asarray(state.diverged_step) >= 0
-            ev = host(evaluate(state.params, eval_set))
-            _put(history["evs"], e, jax.tree.map(functools.partial(_nan_where, dead), ev))
+            _put(history["evs"], e, host_tree(evaluate(state, eval_set)))
             history["losses"][:, e] = np.asarray(loss)
             if s.checkpoints:
-                _put(history["ps"], e, host(state.params))
+                _put(history["ps"], e, host_tree(state.params))
             if on_eval is not None:
                 on_eval(part(e + 1, e + 1), e + 1)
             if store is not None and ((e + 1) * s.eval_every % store.every == 0 or e + 1 == E):
@@ -591,11 +590,6 @@ def _drive(trainer: Trainer, programs, keys, params, S: int, progress: bool, on_
     if not s.checkpoints:  # the final parameters, where they are (on the devices)
         out = out._replace(params=jax.tree.map(lambda a: a[:S], state.params))
     return out
-
-
-def _nan_where(rows: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """`a` with NaN in the leading-axis rows where `rows` (P,) is true."""
-    return np.where(rows.reshape(-1, *[1] * (a.ndim - 1)), np.nan, a).astype(a.dtype)
 
 
 def _put(buffers, e: int, tree) -> None:
@@ -625,7 +619,10 @@ def _assemble_host(s: TrainSpec, state: _State, ev0, history: dict, params0, fir
                    last: int, S: int) -> TrainOutput:
     """A TrainOutput of checkpoints first..last (0 = the initialisation) of seeds 0..S-1, from
     the host copies; `params` are the kept checkpoints' (spec.checkpoints), else None."""
-    take = lambda a0, a: np.concatenate([a0[:S, None], a[:S]], axis=1)[:, first : last + 1]
+    def take(a0, a):  # checkpoint 0 from a0 (S, ...), checkpoint i ≥ 1 from a[:, i - 1]
+        head = [a0[:S, None]] if first == 0 else []
+        return np.concatenate([*head, a[:S, max(first, 1) - 1 : last]], axis=1)
+
     metrics = jax.tree.map(take, ev0, history["evs"])
     nan = np.full((S,), np.nan, np.float32)
     losses = take(nan, history["losses"])

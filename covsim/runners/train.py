@@ -242,8 +242,10 @@ def trained_cell(cfg: Config, cell: Cell, model_fn_of=None) -> TrainedCell:
     model_fn_of = model_fn_of or build_model_fn
     task = build_task(cfg)
     spec = train_spec(cfg)
+    pcfg = pretrain_config(cfg) if cfg.pretrain is not None else None
+    pspec = train_spec(pcfg) if pcfg is not None else None
     work = resume.current()  # in a driver's cell: stream records and progress, keep state
-    total = spec.n_steps + (train_spec(pretrain_config(cfg)).n_steps if cfg.pretrain else 0)
+    total = spec.n_steps + (pspec.n_steps if pspec is not None else 0)
 
     def live(stage: str, stage_spec: TrainSpec, offset: int, coords=None) -> dict[str, Any]:
         """run_seeds' on_eval and store for `stage` of a cell run by a driver."""
@@ -262,15 +264,13 @@ def trained_cell(cfg: Config, cell: Cell, model_fn_of=None) -> TrainedCell:
     mode = "auto"
     if jax.default_backend() != "cpu":  # on a CPU "auto" already loops large learners
         mode = fitting_seed_mode(cfg, len(keys), len(jax.local_devices()), model_fn_of)
-    if cfg.pretrain is not None:
-        pcfg = pretrain_config(cfg)
+    if pcfg is not None:
         ptask = build_task(pcfg)
         if _sizes(ptask) != _sizes(task):
             raise ValueError(
                 "pretrain.task: the model is shared, so (V, H, P, prompt_vocab) must match "
                 f"task's {_sizes(task)}, got {_sizes(ptask)}"
             )
-        pspec = train_spec(pcfg)
         ptrainer = make_train(
             ptask, model_fn_of(pcfg, ptask), build_optimizer(pcfg, ptask), pspec
         )
@@ -282,7 +282,7 @@ def trained_cell(cfg: Config, cell: Cell, model_fn_of=None) -> TrainedCell:
     trainer = make_train(task, model_fn_of(cfg, task), build_optimizer(cfg, task), spec)
     coords = {"stage": "main"} if cfg.pretrain is not None else None
     out = run_seeds(trainer, keys, params=params0, mode=mode,
-                    **live("main", spec, pspec.n_steps if cfg.pretrain else 0, coords))
+                    **live("main", spec, total - spec.n_steps, coords))
     records = pre_records + to_records(out, spec, coords=coords, seeds=cell.seeds)
     result = _result(out, records, spec, cfg)
     if cfg.pretrain is not None:  # a seed that diverged in pre-training counts as diverged
