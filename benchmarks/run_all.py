@@ -14,6 +14,9 @@ Rows (each the median of `--repeats` runs, with min–max):
   bare `lax.scan` of the same update on the same data, compiled, one seed, H = 16;
 * executors: the same workload as 16 one-seed cells (sweep.vmap_seeds = false), in process
   against `--executor process --workers 2`, each with a cold compile cache, alternating;
+* compile profile (text under the table, when the cold row misses its target): seconds to
+  compile each program of one horizon cell, and two cells compiled serially against in two
+  threads;
 * transformer: one optimizer step of experiments/fig2.toml's full profile at L = 8 (the
   paper's width: 6 layers, width 384, batch 128, P + H = 160), median over `--repeats` steps
   after compilation, as a fraction of the matmul peak measured here in the same precision:
@@ -140,6 +143,71 @@ def steady_state(repeats: int) -> dict[str, list[float]]:
     return rows
 
 
+def compile_profile(repeats: int) -> dict[str, list[float]]:
+    """Where a cold horizon cell's compilation goes: seconds to lower and compile each of the
+    programs a cell compiles (H = 16, 4 seeds, on this process's one device; the CLI shards
+    them over one device per core, which compiles about as fast), each repeat on a fresh
+    trainer; and two cells' programs compiled one after the
+    other against in two threads at once (does a second core help XLA?)."""
+    import threading
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from covsim.config import load_config
+    from covsim.experiment import build_optimizer, build_task, train_spec
+    from covsim.runners.tabular import tabular_model_fn
+    from covsim.runners.train import _class_program
+    from covsim.train import _programs, make_train
+
+    base = load_config(ROOT / "experiments" / "horizon.toml").with_values(
+        {"train.steps": 1000, "train.batch_size": 256, "train.eval_every": 1000,
+         "train.eval_samples": 20000, "optim.lr": 0.05, "sweep.axes": {}})
+    keys = jnp.stack([jax.random.key(k) for k in range(4)])
+
+    def cell(H: int, times: dict | None = None) -> None:
+        cfg = base.with_values({"task.H": H})
+        task = build_task(cfg)
+        tr = make_train(task, tabular_model_fn(cfg, task), build_optimizer(cfg, task),
+                        train_spec(cfg))
+        init, train, evaluate = _programs(tr, "loop", tuple(jax.local_devices()), False)
+
+        def timed(name, lower):
+            t0 = time.perf_counter()
+            out = lower().compile()
+            if times is not None:
+                times.setdefault(name, []).append(time.perf_counter() - t0)
+            return out
+
+        state, data, eval_set = timed("init", lambda: init.lower(keys, None)).out_info
+        timed("train", lambda: train.lower(state, data))
+        timed("evaluate", lambda: evaluate.lower(state, eval_set))
+        final = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.params)
+        mix = task.replace(weights=np.eye(len(task.components), dtype=np.float32)[0])
+        timed("per-class summary", lambda: _class_program(tr, 20000).lower(
+            mix, jax.random.key(0), final))
+
+    cell(8)  # first-use costs (task tables, small programs) out of the rows
+    rows: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        cell(16, rows)
+    rows["two cells, one after the other"], rows["two cells, two threads"] = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        cell(32)
+        cell(64)
+        rows["two cells, one after the other"].append(time.perf_counter() - t0)
+        threads = [threading.Thread(target=cell, args=(H,)) for H in (32, 64)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rows["two cells, two threads"].append(time.perf_counter() - t0)
+    return rows
+
+
 def fmt(xs: list[float], unit: str = "s") -> str:
     return f"{statistics.median(xs):.2f} {unit} ({min(xs):.2f}–{max(xs):.2f})"
 
@@ -155,6 +223,7 @@ def main() -> None:
     peak16 = matmul_gflops(a.repeats, dtype="bf16")
     tf = transformer(a.repeats)
     st = steady_state(a.repeats)
+    cp = compile_profile(a.repeats)
     hz = horizon(a.repeats)
     ex = executors(a.repeats)
     med = {k: statistics.median(v) for k, v in hz.items()}
@@ -198,6 +267,24 @@ def main() -> None:
         "`benchmarks/naive_horizon.py` (same task, learner, optimizer, data size and final "
         "evaluation).", "",
     ]
+    if med["naive"] / med["cold"] < 1.5:
+        per_cell = {k: statistics.median(v) for k, v in cp.items() if not k.startswith("two")}
+        one, two = (statistics.median(cp[k]) for k in ("two cells, one after the other",
+                                                       "two cells, two threads"))
+        lines += [
+            f"Why a cold sweep is not 1.5× faster ({med['naive'] / med['cold']:.2f}×): each cell "
+            "compiles four programs, and a new H is a new shape. Lowering and compiling them "
+            "for one cell (H = 16, median of "
+            f"{a.repeats}, measured in this command): "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in per_cell.items())
+            + f", {sum(per_cell.values()):.1f} s in all, so about "
+            f"{4 * sum(per_cell.values()):.0f} s of the {med['cold']:.0f} s cold sweep (the "
+            f"warm cache saves {med['cold'] - med['warm']:.0f} s). Two cells' programs took "
+            f"{one:.1f} s one after the other and {two:.1f} s in two threads at once: XLA's "
+            "compilation already uses much of the second core, and while a cell computes both "
+            "are busy, so compiling the next cell in the background cannot hide it; what is "
+            "left is compiling less (fewer or smaller programs per shape).", "",
+        ]
     if ex_ratio < 1.5:
         compile_s = med["cold"] - med["warm"]
         lines += [

@@ -89,14 +89,17 @@ def _enable_compile_cache() -> None:
         return  # read-only home: run without the cache
     env = {
         "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.2",
+        # every program, however quick to compile: below JAX's default 1 s (covsim had 0.2 s)
+        # the ~60 small programs of a task build and a cell (0.01-0.1 s each) were compiled
+        # again by every process; cached, a warm horizon sweep's task builds took 1.0 s, not 1.9 s
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     os.environ.update(env)
     if "jax" in sys.modules:  # already imported (e.g. main() called in-process): set it live
         import jax
 
         jax.config.update("jax_compilation_cache_dir", env["JAX_COMPILATION_CACHE_DIR"])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def experiments_dir() -> Path:

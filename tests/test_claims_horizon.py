@@ -18,7 +18,7 @@ from covsim.claims import horizon as hz
 from covsim.config import load_config
 from covsim.results import RunResult, read_summaries
 from covsim.runners.tabular import tabular_model_fn
-from covsim.runners.train import class_log_ratios
+from covsim.runners.train import _class_program, class_log_ratios
 from covsim.sweep import run_sweep
 from covsim.train import TrainSpec
 
@@ -250,6 +250,16 @@ def test_class_log_ratios_layout():
     assert np.median(r[1]) == pytest.approx(top, abs=tol)
     assert r[1].mean() > top - 0.05
     assert r[0].mean() < top - 0.3  # temperature-1 rows have entropy well above 0.1 nats
+    # the parameters are an argument, not constants of the program: other parameters of the
+    # same shapes reuse the one compiled program (per trainer), and change the scores
+    r2 = np.asarray(class_log_ratios(t, jax.tree.map(lambda a: a + 1.0, params), task,
+                                     jax.random.key(0), 256))
+    assert _class_program(t, 256)._cache_size() == 1
+    np.testing.assert_allclose(r2, r, atol=1e-5)  # a constant shift of every logit: same π̂
+    r3 = np.asarray(class_log_ratios(t, jax.tree.map(lambda a: a.at[..., 0].add(1.0), params),
+                                     task, jax.random.key(0), 256))
+    assert _class_program(t, 256)._cache_size() == 1
+    assert not np.allclose(r3, r)
 
 
 @pytest.mark.slow

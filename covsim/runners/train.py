@@ -306,21 +306,30 @@ def class_log_ratios(trainer, params, task: Task, key, m: int) -> jax.Array:
     """r = log π_D − log π̂ on m fresh samples of each class of a mixture task (Mixture,
     GraphMixture: anything with `components` and `weights`), for each seed's parameters:
     params with a leading seed axis S -> (K, S, m). One compiled function serves every class
-    (a class is the mixture with one-hot weights); seeds run one after another (memory)."""
-    chunk = trainer.spec.eval_chunk
-
-    @jax.jit
-    def one(mix, k):
-        x, y = mix.sample(k, m)
-        lp = mix.log_prob(x, y)
-        return jax.lax.map(
-            lambda p: lp - chunked_log_prob(trainer.model(p), x, y, chunk=chunk), params
-        )
-
+    (a class is the mixture with one-hot weights) and every call with the same shapes
+    (`_class_program`); seeds run one after another (memory)."""
+    one = _class_program(trainer, m)
     K = len(task.components)
-    out = [one(task.replace(weights=np.eye(K, dtype=np.float32)[c]), jax.random.fold_in(key, c))
-           for c in range(K)]
+    out = [one(task.replace(weights=np.eye(K, dtype=np.float32)[c]), jax.random.fold_in(key, c),
+               params) for c in range(K)]
     return jnp.stack(out)
+
+
+def _class_program(trainer, m: int):
+    """class_log_ratios' jitted (mix, key, params) -> (S, m), built once per trainer and m."""
+    cache = trainer.__dict__.setdefault("_class_programs", {})
+    if m not in cache:
+        chunk = trainer.spec.eval_chunk
+
+        def one(mix, k, params):
+            x, y = mix.sample(k, m)
+            lp = mix.log_prob(x, y)
+            return jax.lax.map(
+                lambda p: lp - chunked_log_prob(trainer.model(p), x, y, chunk=chunk), params
+            )
+
+        cache[m] = jax.jit(one)
+    return cache[m]
 
 
 def per_class_summary(trainer, params, task: Task, key, m: int, Ns) -> dict[str, Any]:
