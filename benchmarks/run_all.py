@@ -208,6 +208,19 @@ def compile_profile(repeats: int) -> dict[str, list[float]]:
     return rows
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else platform.processor()): peaks differ
+    across hosts of the same size: the bf16 peak was 1802 GFLOP/s on one 2-core host and 118
+    on another, whose CPU lacks AMX and avx512_bf16)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def fmt(xs: list[float], unit: str = "s") -> str:
     return f"{statistics.median(xs):.2f} {unit} ({min(xs):.2f}–{max(xs):.2f})"
 
@@ -229,7 +242,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in hz.items()}
     ex_ratio = statistics.median(ex["local"]) / statistics.median(ex["process"])
     step_ratio = statistics.median(st["covsim"]) / statistics.median(st["bare"])
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores visible, "
+    machine = (f"{platform.machine()} ({cpu_model()}), {os.cpu_count()} cores visible, "
                f"{jax.devices()[0].device_kind}, jax {jax.__version__}, Python "
                f"{platform.python_version()}")
     lines = [
