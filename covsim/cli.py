@@ -89,9 +89,10 @@ def _enable_compile_cache() -> None:
         return  # read-only home: run without the cache
     env = {
         "JAX_COMPILATION_CACHE_DIR": str(cache),
-        # every program, however quick to compile: below JAX's default 1 s (covsim had 0.2 s)
-        # the ~60 small programs of a task build and a cell (0.01-0.1 s each) were compiled
-        # again by every process; cached, a warm horizon sweep's task builds took 1.0 s, not 1.9 s
+        # every program, however quick to compile (JAX keeps only those over 1 s by default,
+        # covsim those over 0.2 s before): the ~60 small programs of a task build and a cell
+        # (0.01-0.1 s each) were compiled again by every process; cached, a warm horizon
+        # sweep's task builds take 1.0 s instead of 1.9 s
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     os.environ.update(env)
