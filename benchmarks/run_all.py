@@ -68,6 +68,16 @@ def horizon(repeats: int) -> dict[str, list[float]]:
     return rows
 
 
+def horizon_cell(H: int):
+    """One cell of the horizon sweep's workload (WORKLOAD's values) at response length H."""
+    from covsim.config import load_config
+
+    values = dict(v.split("=", 1) for v in WORKLOAD[1::2])
+    return load_config(ROOT / "experiments" / "horizon.toml",
+                       overrides=[*(f"{k}={v}" for k, v in values.items()),
+                                  "sweep.axes={}", f"task.H={H}"])
+
+
 def executors(repeats: int) -> dict[str, list[float]]:
     cells = [*COVSIM, "--set", "sweep.vmap_seeds=false"]
     rows = {"local": [], "process": []}
@@ -108,14 +118,11 @@ def steady_state(repeats: int) -> dict[str, list[float]]:
     import jax.numpy as jnp
     import optax
 
-    from covsim.config import load_config
     from covsim.experiment import build_optimizer, build_task, train_spec
     from covsim.runners.tabular import tabular_model_fn
     from covsim.train import make_train
 
-    cfg = load_config(ROOT / "experiments" / "horizon.toml").with_values(
-        {"train.steps": 1000, "train.batch_size": 256, "train.eval_every": 1000,
-         "train.eval_samples": 20000, "optim.lr": 0.05, "sweep.axes": {}, "task.H": 16})
+    cfg = horizon_cell(16)
     task, spec = build_task(cfg), train_spec(cfg)
     tr = make_train(task, tabular_model_fn(cfg, task), build_optimizer(cfg, task), spec)
     state, data, _ = jax.jit(tr.init)(jax.random.key(0))
@@ -147,30 +154,25 @@ def compile_profile(repeats: int) -> dict[str, list[float]]:
     """Where a cold horizon cell's compilation goes: seconds to lower and compile each of the
     programs a cell compiles (H = 16, 4 seeds, on this process's one device; the CLI shards
     them over one device per core, which compiles about as fast), each repeat on a fresh
-    trainer; and two cells' programs compiled one after the
-    other against in two threads at once (does a second core help XLA?)."""
+    trainer; and two cells' programs compiled one after the other against in two threads at
+    once (does a second core help XLA?)."""
     import threading
 
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from covsim.config import load_config
     from covsim.experiment import build_optimizer, build_task, train_spec
     from covsim.runners.tabular import tabular_model_fn
     from covsim.runners.train import _class_program
     from covsim.train import _programs, make_train
 
-    base = load_config(ROOT / "experiments" / "horizon.toml").with_values(
-        {"train.steps": 1000, "train.batch_size": 256, "train.eval_every": 1000,
-         "train.eval_samples": 20000, "optim.lr": 0.05, "sweep.axes": {}})
     keys = jnp.stack([jax.random.key(k) for k in range(4)])
 
     def cell(H: int, times: dict | None = None) -> None:
-        cfg = base.with_values({"task.H": H})
-        task = build_task(cfg)
-        tr = make_train(task, tabular_model_fn(cfg, task), build_optimizer(cfg, task),
-                        train_spec(cfg))
+        cfg = horizon_cell(H)
+        task, spec = build_task(cfg), train_spec(cfg)
+        tr = make_train(task, tabular_model_fn(cfg, task), build_optimizer(cfg, task), spec)
         init, train, evaluate = _programs(tr, "loop", tuple(jax.local_devices()), False)
 
         def timed(name, lower):
@@ -185,7 +187,7 @@ def compile_profile(repeats: int) -> dict[str, list[float]]:
         timed("evaluate", lambda: evaluate.lower(state, eval_set))
         final = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.params)
         mix = task.replace(weights=np.eye(len(task.components), dtype=np.float32)[0])
-        timed("per-class summary", lambda: _class_program(tr, 20000).lower(
+        timed("per-class summary", lambda: _class_program(tr, spec.eval_samples).lower(
             mix, jax.random.key(0), final))
 
     cell(8)  # first-use costs (task tables, small programs) out of the rows
@@ -210,7 +212,7 @@ def compile_profile(repeats: int) -> dict[str, list[float]]:
 
 def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo; else platform.processor()): peaks differ
-    across hosts of the same size: the bf16 peak was 1802 GFLOP/s on one 2-core host and 118
+    across hosts of the same size (the bf16 peak was 1802 GFLOP/s on one 2-core host and 118
     on another, whose CPU lacks AMX and avx512_bf16)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -282,6 +284,9 @@ def main() -> None:
     ]
     if med["naive"] / med["cold"] < 1.5:
         per_cell = {k: statistics.median(v) for k, v in cp.items() if not k.startswith("two")}
+        from covsim.config import load_config
+
+        n_cells = len(load_config(ROOT / "experiments" / "horizon.toml").sweep.axes["task.H"])
         one, two = (statistics.median(cp[k]) for k in ("two cells, one after the other",
                                                        "two cells, two threads"))
         lines += [
@@ -291,12 +296,15 @@ def main() -> None:
             f"{a.repeats}, measured in this command): "
             + ", ".join(f"{k} {v:.2f} s" for k, v in per_cell.items())
             + f", {sum(per_cell.values()):.1f} s in all, so about "
-            f"{4 * sum(per_cell.values()):.0f} s of the {med['cold']:.0f} s cold sweep (the "
+            f"{n_cells * sum(per_cell.values()):.0f} s of the {med['cold']:.0f} s cold sweep (the "
             f"warm cache saves {med['cold'] - med['warm']:.0f} s). Two cells' programs took "
-            f"{one:.1f} s one after the other and {two:.1f} s in two threads at once: XLA's "
-            "compilation already uses much of the second core, and while a cell computes both "
-            "are busy, so compiling the next cell in the background cannot hide it; what is "
-            "left is compiling less (fewer or smaller programs per shape).", "",
+            f"{one:.1f} s one after the other and {two:.1f} s in two threads at once "
+            f"({one / two:.2f}× faster). "
+            + ("XLA's compilation already uses much of the second core, and while a cell "
+               "computes both are busy, so compiling the next cell in the background cannot "
+               "hide it; what is left is compiling less (fewer or smaller programs per shape)."
+               if one / two < 1.5 else
+               "Compiling cells in parallel would hide much of it."), "",
         ]
     if ex_ratio < 1.5:
         compile_s = med["cold"] - med["warm"]
