@@ -405,10 +405,11 @@ SeedMode = Literal["auto", "vmap", "loop"]
 #: Per-seed parameter count from which "auto" runs a device's seeds one after another on a CPU
 #: rather than vmapped: a step whose parameters and optimizer state (≥ 4 float32 copies) no
 #: longer fit a core's cache is memory-bound, and vmapping only makes the arrays bigger.
-#: Measured once on a 2-core CPU (no benchmark row yet): the horizon table of 295k logits, 4
-#: seeds × 1000 steps, took 4.74 s vmapped against 4 × 0.95 s looped; the AR-linear learner
-#: of a few hundred parameters runs 1.1x faster vmapped (it is bound by per-op overhead,
-#: which vmapping amortises; `python benchmarks/bench_train.py --skip-linear --seed-modes`).
+#: Measured on a 2-core CPU (no benchmark row yet): the horizon table of 295k logits (held
+#: flat), 4 seeds × 1000 steps on the CLI's two host devices, took 1.74–2.10 s vmapped against
+#: 1.27–1.55 s looped (2 runs each); the AR-linear learner of a few hundred parameters runs
+#: 1.1x faster vmapped (it is bound by per-op overhead, which vmapping amortises;
+#: `python benchmarks/bench_train.py --skip-linear --seed-modes`).
 LOOP_FROM_PARAMS = 1 << 16
 
 

@@ -216,11 +216,27 @@ def test_loglinear_random_init_is_feasible(task):
 def test_tabular_unconditioned_positional(batch):
     x, y = batch
     m = random_tabular(prompt_conditioned=False, positional=True)
-    assert m.table[...].shape == (1, H, V + 1, V)
+    assert m.logits.shape == (1, H, V + 1, V)
     np.testing.assert_array_equal(run(m, x, y), run(m, (x + 1) % X, y))
     y0 = jnp.zeros_like(y)  # the same context at positions 1 and 2 uses different rows
     lp = np.asarray(run(m, x, y0))
     assert np.abs(lp[:, 1] - lp[:, 2]).max() > 1e-3
+
+
+@pytest.mark.parametrize("kw", [{}, {"positional": True, "order": 2},
+                                {"prompt_conditioned": False}])
+def test_tabular_flat_table_is_its_4d_logits(batch, kw):
+    """The flat parameter, read through `rows`, is the (Kx, Kh, Kc, V) table indexed by
+    `contexts`; and a random init draws the same logits as one drawn in the 4-D shape."""
+    x, y = batch
+    m = random_tabular(seed=3, **kw)
+    assert m.table[...].shape == (int(np.prod(m.table_shape)),)
+    ix, ih, ic = m.contexts(x, y)
+    want = jax.nn.log_softmax(m.logits[ix, ih, ic], axis=-1)
+    np.testing.assert_array_equal(np.asarray(m(x, y)), np.asarray(want))
+    r = Tabular(V, H, P=1, prompt_vocab=X, init="random", rngs=nnx.Rngs(5), **kw)
+    drawn = 0.1 * jax.random.normal(nnx.Rngs(5).params(), r.table_shape, jnp.float32)
+    np.testing.assert_array_equal(np.asarray(r.logits), np.asarray(drawn))
 
 
 def _hand_fit(xs, ys, Vt, order, positional, alpha):
@@ -302,13 +318,13 @@ def test_prompt_codes_are_one_to_one():
     table slice, using exactly the table's prompt axis (no gaps, no waste)."""
     m = Tabular(2, 2, P=3, prompt_radices=(2, 3, 5), rngs=nnx.Rngs(0))
     allx = np.array(list(itertools.product(range(2), range(3), range(5))))
-    assert m.table[...].shape[0] == 30
+    assert m.logits.shape[0] == 30
     np.testing.assert_array_equal(np.sort(_codes(m, allx)), np.arange(30))
     cr = ((), (5,), (2, 3))  # class 0: no sub-prompt; 1: one position; 2: two positions
     m = Tabular(2, 2, P=3, class_radices=cr, rngs=nnx.Rngs(0))
     valid = [[0, 0, 0]] + [[1, a, 0] for a in range(5)]
     valid += [[2, a, b] for a in range(2) for b in range(3)]
-    assert m.table[...].shape[0] == 1 + 5 + 6
+    assert m.logits.shape[0] == 1 + 5 + 6
     np.testing.assert_array_equal(np.sort(_codes(m, valid)), np.arange(12))
 
 
@@ -344,7 +360,7 @@ def test_prompt_radices_of_tasks():
     assert class_radices(mix) == ((), (7,), ())
     m = Tabular(3, 2, P=mix.P, prompt_vocab=mix.prompt_vocab, class_radices=class_radices(mix),
                 rngs=nnx.Rngs(0))
-    assert m.table[...].shape == (9, 1, 4, 3)
+    assert m.logits.shape == (9, 1, 4, 3)
     with pytest.raises(TypeError, match="Mixture"):
         class_radices(many)
 
@@ -381,7 +397,7 @@ def test_make_model(task, batch, models):
     ]:
         m = make_model(spec, task, 0)
         assert isinstance(m, cls) and run(m, x, y).shape == (n, H, V)
-    assert make_model({"kind": "tabular"}, task, 0).table[...].shape == (X, 1, V + 1, V)
+    assert make_model({"kind": "tabular"}, task, 0).logits.shape == (X, 1, V + 1, V)
     with pytest.raises(ValueError, match=r"kind.*\['loglinear', 'tabular', 'transformer'\]"):
         make_model({"kind": "mlp"}, task, 0)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['depth'\].*allowed"):

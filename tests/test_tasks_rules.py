@@ -125,7 +125,7 @@ def test_converged_class_blind_start_is_log_12_over_5():
 def test_tabular_reading_only_the_graph_is_blind_to_the_class():
     t = Tabular(4, 2, P=2, prompt_vocab=8, positional=True, prompt_positions=[0],
                 init="random", rngs=nnx.Rngs(0))
-    assert t.table[...].shape == (8, 2, 5, 4)
+    assert t.logits.shape == (8, 2, 5, 4)
     y = jnp.asarray([[1, 2], [1, 2]], jnp.int32)
     out = t(jnp.asarray([[3, 0], [3, 1]], jnp.int32), y)
     np.testing.assert_array_equal(np.asarray(out[0]), np.asarray(out[1]))
