@@ -200,8 +200,8 @@ class Tabular(nnx.Module):
 
     def __call__(self, prompts: Array, responses: Array) -> Array:
         """(n, P), (n, H) int32 -> (n, H, V) float32: log π̂(· | x, y_{<h})."""
-        rows = self.table[...].reshape(-1, self.V)
-        return jax.nn.log_softmax(rows[self.rows(prompts, responses)], axis=-1)
+        logit_rows = self.table[...].reshape(-1, self.V)  # a view: no copy
+        return jax.nn.log_softmax(logit_rows[self.rows(prompts, responses)], axis=-1)
 
     # ---- closed form --------------------------------------------------------------------
     def fit_counts(self, prompts: Array, responses: Array, alpha: float = 0.0) -> Tabular:
