@@ -157,7 +157,8 @@ class Tabular(nnx.Module):
         # Stored flat: XLA's CPU loops run Adam's dense update over a (..., 9, 8) array about
         # 3x slower than over the same floats as one vector (0.54 s against 0.18 s for 1000
         # steps of the horizon table's 295k logits; a (rows, 16) matrix is as slow as the 4-D
-        # array), and the dense update is most of a training step. Same numbers either way.
+        # array), and the dense update is most of a training step. The numbers agree up to
+        # float32 rounding (a different program: XLA may order some sums differently).
         self.table = nnx.Param(table.reshape(-1))
 
     @property
