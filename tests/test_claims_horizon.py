@@ -256,8 +256,12 @@ def test_class_log_ratios_layout():
                                      jax.random.key(0), 256))
     assert _class_program(t, 256)._cache_size() == 1
     np.testing.assert_allclose(r2, r, atol=1e-5)  # a constant shift of every logit: same π̂
-    r3 = np.asarray(class_log_ratios(t, jax.tree.map(lambda a: a.at[..., 0].add(1.0), params),
-                                     task, jax.random.key(0), 256))
+    def token0_up(a):  # +1 to token 0's logit in every context (the table is held flat)
+        rows = a.reshape(a.shape[0], -1, 3)  # (seeds, contexts, V)
+        return rows.at[..., 0].add(1.0).reshape(a.shape)
+
+    r3 = np.asarray(class_log_ratios(t, jax.tree.map(token0_up, params), task,
+                                     jax.random.key(0), 256))
     assert _class_program(t, 256)._cache_size() == 1
     assert not np.allclose(r3, r)
 
