@@ -16,8 +16,9 @@ Rows (each the median of `--repeats` runs, with min–max):
 * executors: the same workload as 16 one-seed cells (sweep.vmap_seeds = false), in process
   against `--executor process --workers 2`, each with a cold compile cache, alternating;
 * compile profile (text under the table, when the cold row misses its target): seconds to
-  compile each program of one horizon cell, and two cells compiled serially against in two
-  threads;
+  compile each program of one horizon cell and each class's sampler, two cells compiled
+  serially against in two threads, and the XLA compile seconds of a whole cold sweep program
+  by program (benchmarks/compile_accounting.py);
 * transformer: one optimizer step of experiments/fig2.toml's full profile at L = 8 (the
   paper's width: 6 layers, width 384, batch 128, P + H = 160), median over `--repeats` steps
   after compilation, as a fraction of the matmul peak measured here in the same precision:
@@ -152,12 +153,16 @@ def steady_state(repeats: int) -> dict[str, list[float]]:
     return rows
 
 
+SAMPLER = "sampler of class"
+
+
 def compile_profile(repeats: int) -> dict[str, list[float]]:
     """Where a cold horizon cell's compilation goes: seconds to lower and compile each of the
     programs a cell compiles (H = 16, 4 seeds, on this process's one device; the CLI shards
     them over one device per core, which compiles about as fast), each repeat on a fresh
-    trainer; and two cells' programs compiled one after the other against in two threads at
-    once (does a second core help XLA?)."""
+    trainer, and each class's sampler on its own (a part of init's program and of the
+    per-class summary's); and two cells' programs compiled one after the other against in
+    two threads at once (does a second core help XLA?)."""
     import threading
 
     import jax
@@ -191,6 +196,10 @@ def compile_profile(repeats: int) -> dict[str, list[float]]:
         mix = task.replace(weights=np.eye(len(task.components), dtype=np.float32)[0])
         timed("per-class summary", lambda: _class_program(tr, spec.eval_samples).lower(
             mix, jax.random.key(0), final))
+        n = spec.n_train + spec.eval_samples  # init's one draw
+        for c, comp in enumerate(task.components):  # parts of init's (and per-class's) program
+            timed(f"{SAMPLER} {c}", lambda comp=comp: jax.jit(
+                lambda k: comp.sample(k, n)).lower(jax.random.key(0)))
 
     cell(8)  # first-use costs (task tables, small programs) out of the rows
     rows: dict[str, list[float]] = {}
@@ -209,6 +218,34 @@ def compile_profile(repeats: int) -> dict[str, list[float]]:
         for t in threads:
             t.join()
         rows["two cells, two threads"].append(time.perf_counter() - t0)
+    return rows
+
+
+TRAINER_PROGRAMS = ("init_seeds", "train_segment", "evaluate_checkpoint", "class_log_ratios")
+
+
+def accounting(repeats: int) -> dict[str, list[float]]:
+    """XLA compile seconds of one cold horizon sweep run in process, program by program
+    (benchmarks/compile_accounting.py, each repeat a fresh process): covsim's four trainer
+    programs (summed over the cells), "other" (every other program: task construction,
+    eager operations), their "count", the "trace" and "lower" totals and the "wall"."""
+    import json
+
+    rows: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        got = subprocess.run([sys.executable, "benchmarks/compile_accounting.py"], cwd=ROOT,
+                             check=True, capture_output=True, text=True)
+        d = json.loads(got.stdout.strip().splitlines()[-1])
+        progs = d["programs"]
+        other = [v for k, v in progs.items() if k not in TRAINER_PROGRAMS]
+        vals = {name: progs.get(name, {}).get("compile", [0.0])[0] for name in TRAINER_PROGRAMS}
+        vals["other"] = sum(v["compile"][0] for v in other)
+        vals["count"] = sum(v["compile"][1] for v in other)
+        for phase in ("trace", "lower"):
+            vals[phase] = sum(v[phase][0] for v in progs.values())
+        vals["wall"] = d["wall"]
+        for k, v in vals.items():
+            rows.setdefault(k, []).append(v)
     return rows
 
 
@@ -241,6 +278,7 @@ def main() -> None:
     tf = transformer(a.repeats)
     st = steady_state(a.repeats)
     cp = compile_profile(a.repeats)
+    acc = accounting(a.repeats)
     hz = horizon(a.repeats)
     ex = executors(a.repeats)
     med = {k: statistics.median(v) for k, v in hz.items()}
@@ -293,7 +331,10 @@ def main() -> None:
         "recompiling per H).", "",
     ]
     if med["naive"] / med["cold"] < 1.5:
-        per_cell = {k: statistics.median(v) for k, v in cp.items() if not k.startswith("two")}
+        per_cell = {k: statistics.median(v) for k, v in cp.items()
+                    if not k.startswith(("two", SAMPLER))}
+        samplers = [statistics.median(v) for k, v in cp.items() if k.startswith(SAMPLER)]
+        am = {k: statistics.median(v) for k, v in acc.items()}
         from covsim.config import load_config
 
         n_cells = len(load_config(ROOT / "experiments" / "horizon.toml").sweep.axes["task.H"])
@@ -309,7 +350,18 @@ def main() -> None:
             f"{n_cells * sum(per_cell.values()):.0f} s of the {med['cold']:.0f} s cold sweep (the "
             f"warm cache saves {med['cold'] - med['warm']:.0f} s). Two cells' programs took "
             f"{one:.1f} s one after the other and {two:.1f} s in two threads at once "
-            f"({one / two:.2f}× faster). "
+            f"({one / two:.2f}× faster). Accounted program by program over a whole cold sweep "
+            "run in process (`python benchmarks/compile_accounting.py`, jax.monitoring's "
+            f"events, median of {a.repeats}): XLA compiled for "
+            f"{sum(am[k] for k in (*TRAINER_PROGRAMS, 'other')):.1f} s of its "
+            f"{am['wall']:.1f} s (tracing {am['trace']:.1f} s and lowering {am['lower']:.1f} s "
+            "more): "
+            + ", ".join(f"`{k}` {am[k]:.1f} s" for k in TRAINER_PROGRAMS)
+            + f" ({n_cells} programs each), and {am['count']:.0f} other programs (task "
+            f"construction, eager operations) {am['other']:.1f} s. Much of `init_seeds` is its "
+            "sampler: the mixture draws from every class, and each class's sampler alone "
+            "compiles in " + ", ".join(f"{v:.2f}" for v in samplers) + " s (H = 16); "
+            "`class_log_ratios` compiles the same samplers again. "
             + ("XLA's compilation already uses much of the second core, and while a cell "
                "computes both are busy, so compiling the next cell in the background cannot "
                "hide it; what is left is compiling less (fewer or smaller programs per shape)."

@@ -508,6 +508,10 @@ def _programs(trainer: Trainer, mode: str, devices: tuple, warm: bool):
     cache = trainer.__dict__.setdefault("_programs", {})
     key = (mode, devices, warm)
     if key not in cache:
+        def evaluate_one(state, eval_set):  # a seed that has diverged gets NaN metrics
+            ev = trainer.evaluate(state.params, eval_set)
+            return _mask_if(state.diverged_step >= 0, ev)
+
         def over_seeds(f):  # f on each of this device's seeds
             if mode == "vmap":
                 return jax.vmap(f)
@@ -518,13 +522,20 @@ def _programs(trainer: Trainer, mode: str, devices: tuple, warm: bool):
             return state, jnp.mean(losses)
 
         inits = over_seeds(trainer.init if warm else lambda k: trainer.init(k))
-        init = (lambda keys, params: inits(keys, params)) if warm else \
-            (lambda keys, params: inits(keys))
-        def evaluate_one(state, eval_set):  # a seed that has diverged gets NaN metrics
-            ev = trainer.evaluate(state.params, eval_set)
-            return _mask_if(state.diverged_step >= 0, ev)
+        trains, evaluates = over_seeds(train_one), over_seeds(evaluate_one)
 
-        train, evaluate = over_seeds(train_one), over_seeds(evaluate_one)
+        # named after what they do, so that compile logs (JAX_LOG_COMPILES, jax.monitoring's
+        # fun_name) say which program is which
+        def init_seeds(keys, params):
+            return inits(keys, params) if warm else inits(keys)
+
+        def train_segment(state, data):
+            return trains(state, data)
+
+        def evaluate_checkpoint(state, eval_set):
+            return evaluates(state, eval_set)
+
+        init, train, evaluate = init_seeds, train_segment, evaluate_checkpoint
         if len(devices) > 1:
             from jax.sharding import Mesh, PartitionSpec
 

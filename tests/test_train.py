@@ -105,6 +105,30 @@ def test_vmap_loop_and_progress_agree(chain):
         np.testing.assert_allclose(np.asarray(x.metrics.cov), np.asarray(a.metrics.cov))
 
 
+def test_programs_are_named_in_compile_logs(chain):
+    """run_seeds builds its three programs under names that say what each is (compile logs
+    and benchmarks/compile_accounting.py group by them), each once per trainer. Lowering is
+    counted, not XLA compiling: a program found in the persistent cache is lowered too."""
+    import jax.monitoring
+
+    names = []
+
+    def listen(event, seconds, **kw):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            names.append(kw.get("fun_name"))
+
+    spec = TrainSpec(steps=20, batch_size=8, n_train=50, eval_every=10, eval_samples=64)
+    tr = make_train(chain, tabular_fn(chain), optax.adam(0.05), spec)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        run_seeds(tr, 2, mode="loop")
+        run_seeds(tr, 2, mode="loop")  # the same shapes: nothing compiled again
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    for name in ("init_seeds", "train_segment", "evaluate_checkpoint"):
+        assert names.count(f"jit({name})") == 1, (name, names)
+
+
 def _nan_at_step(step: int) -> optax.GradientTransformation:
     """SGD that turns its update into NaN at `step` for inits whose parameters sum above 0."""
 

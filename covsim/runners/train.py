@@ -321,14 +321,14 @@ def _class_program(trainer, m: int):
     if m not in cache:
         chunk = trainer.spec.eval_chunk
 
-        def one(mix, k, params):
+        def class_log_ratios(mix, k, params):  # its name is the program's in compile logs
             x, y = mix.sample(k, m)
             lp = mix.log_prob(x, y)
             return jax.lax.map(
                 lambda p: lp - chunked_log_prob(trainer.model(p), x, y, chunk=chunk), params
             )
 
-        cache[m] = jax.jit(one)
+        cache[m] = jax.jit(class_log_ratios)
     return cache[m]
 
 
