@@ -19,7 +19,7 @@ Rows (each the median of `--repeats` runs, with min–max):
 * compile profile (text under the table, when the cold row misses its target): seconds to
   compile each program of one horizon cell and each class's sampler, two cells compiled
   serially against in two threads, and the XLA compile seconds of a whole cold sweep program
-  by program (benchmarks/compile_accounting.py);
+  by program (benchmarks/compile_accounting.py), next to the naive loop's (its --naive);
 * transformer: one optimizer step of experiments/fig2.toml's full profile at L = 8 (the
   paper's width: 6 layers, width 384, batch 128, P + H = 160), median over `--repeats` steps
   after compilation, as a fraction of the matmul peak measured here in the same precision:
@@ -239,14 +239,19 @@ def accounting(repeats: int) -> dict[str, list[float]]:
     (benchmarks/compile_accounting.py, each repeat a fresh process): covsim's four trainer
     programs (summed over the cells; "<name> count" programs compiled), "other" (every other
     program: task construction, eager operations) and "other count", the "compile",
-    "trace" and "lower" totals and the "wall"."""
+    "trace" and "lower" totals and the "wall"; and the naive loop's, accounted the same way
+    in the same repeat ("naive compile", "naive count", "naive trace", "naive lower",
+    "naive wall")."""
     import json
+
+    def accounted(*args: str) -> dict:
+        got = subprocess.run([sys.executable, "benchmarks/compile_accounting.py", *args],
+                             cwd=ROOT, check=True, capture_output=True, text=True)
+        return json.loads(got.stdout.strip().splitlines()[-1])
 
     rows: dict[str, list[float]] = {}
     for _ in range(repeats):
-        got = subprocess.run([sys.executable, "benchmarks/compile_accounting.py"], cwd=ROOT,
-                             check=True, capture_output=True, text=True)
-        d = json.loads(got.stdout.strip().splitlines()[-1])
+        d, naive = accounted(), accounted("--naive")
         progs = d["programs"]
         other = [v for k, v in progs.items() if k not in TRAINER_PROGRAMS]
         vals = {}
@@ -254,9 +259,11 @@ def accounting(repeats: int) -> dict[str, list[float]]:
             vals[name], vals[f"{name} count"] = progs.get(name, {}).get("compile", [0.0, 0])
         vals["other"] = sum(v["compile"][0] for v in other)
         vals["other count"] = sum(v["compile"][1] for v in other)
-        for phase in ("compile", "trace", "lower"):
-            vals[phase] = sum(v[phase][0] for v in progs.values())
-        vals["wall"] = d["wall"]
+        for prefix, run in (("", d), ("naive ", naive)):
+            for phase in ("compile", "trace", "lower"):
+                vals[prefix + phase] = sum(v[phase][0] for v in run["programs"].values())
+            vals[prefix + "wall"] = run["wall"]
+        vals["naive count"] = sum(v["compile"][1] for v in naive["programs"].values())
         for k, v in vals.items():
             rows.setdefault(k, []).append(v)
     return rows
@@ -351,6 +358,10 @@ def main() -> None:
                     if not k.startswith(("two", SAMPLER))}
         samplers = [statistics.median(v) for k, v in cp.items() if k.startswith(SAMPLER)]
         am = {k: statistics.median(v) for k, v in acc.items()}
+        spent = am["compile"] + am["trace"] + am["lower"]
+        naive_spent = am["naive compile"] + am["naive trace"] + am["naive lower"]
+        busy, naive_busy = am["wall"] - spent, am["naive wall"] - naive_spent
+        budget = am["naive wall"] / 1.5 - busy  # in process, imports excluded on both sides
         from covsim.config import load_config
 
         n_cells = len(load_config(ROOT / "experiments" / "horizon.toml").sweep.axes["task.H"])
@@ -374,10 +385,20 @@ def main() -> None:
             + ", ".join(f"`{k}` {am[k]:.1f} s ({am[k + ' count']:.0f} programs)"
                         for k in TRAINER_PROGRAMS)
             + f", and {am['other count']:.0f} other programs (task construction, eager "
-            f"operations) {am['other']:.1f} s. Much of `init_seeds` is its "
+            f"operations) {am['other']:.1f} s. The naive loop, accounted the same way in "
+            f"the same repeats (`--naive`), compiled {am['naive count']:.0f} programs for "
+            f"{am['naive compile']:.1f} s of its {am['naive wall']:.1f} s (tracing "
+            f"{am['naive trace']:.1f} s and lowering {am['naive lower']:.1f} s more): outside "
+            f"tracing, lowering and compiling, covsim's run took {busy:.1f} s against the "
+            f"naive loop's {naive_busy:.1f} s, so at 1.5× the naive loop's in-process wall "
+            f"covsim could spend {budget:.1f} s tracing, lowering and compiling, against "
+            f"{spent:.1f} s now and the naive loop's {naive_spent:.1f} s. "
+            "Much of `init_seeds` is its "
             "sampler: the mixture draws from every class, and each class's sampler alone "
             "compiles in " + ", ".join(f"{v:.2f}" for v in samplers) + " s (H = 16); "
-            "`class_log_ratios` compiles the same samplers again. "
+            "`class_log_ratios` compiles the same samplers again, and the naive loop draws "
+            "with the same task sampler, compiled twice per H too, so samplers that compile "
+            "faster would shorten both runs alike. "
             + ("XLA's compilation already uses much of the second core, and while a cell "
                "computes both are busy, so compiling the next cell in the background cannot "
                "hide it; what is left is compiling less (fewer or smaller programs per shape)."
