@@ -41,6 +41,8 @@ PHASES = {
 def _accounted(run) -> dict:
     """{"wall": s, "programs": {name: {phase: [seconds, count]}}} of `run()` in this process
     (its stdout goes to stderr: stdout carries the JSON only); `run` returns an exit code."""
+    # a cache directory given to JAX itself would make the run warm (the CLI then keeps it)
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     import jax.monitoring
 
     programs: dict = collections.defaultdict(lambda: {p: [0.0, 0] for p in PHASES.values()})
@@ -67,8 +69,6 @@ def _accounted(run) -> dict:
 
 def account(args: list[str]) -> dict:
     """`_accounted` of `covsim args`, cold (a fresh COVSIM_CACHE_DIR, removed afterwards)."""
-    # a cache directory given to JAX itself would make the run warm (the CLI then keeps it)
-    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     from covsim.cli import main
 
     cache = tempfile.mkdtemp()
@@ -86,7 +86,6 @@ def account(args: list[str]) -> dict:
 
 def account_naive(args: list[str]) -> dict:
     """`_accounted` of `benchmarks/naive_horizon.py args` (it keeps no compile cache)."""
-    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     script = Path(__file__).resolve().with_name("naive_horizon.py")
 
     def run() -> int:
@@ -106,8 +105,7 @@ def main() -> None:
     from run_all import COVSIM, ROOT
 
     args = sys.argv[1:]
-    if args[:1] == ["--naive"]:
-        os.chdir(ROOT)
+    if args[:1] == ["--naive"]:  # the script finds its files from its own path
         print(json.dumps(account_naive(args[1:])))
         return
     out = None
