@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from covsim import metrics as M
+from covsim.models.base import token_log_probs
 from covsim.tasks.base import Task, gather_tokens
 
 Array = jax.Array
@@ -97,7 +98,7 @@ def p_good(task: Task, model, x: Array) -> Array:
     G, mask = task.good_set(x)  # (n, G, H), (n, G)
     c, g, H = G.shape
     ys = G.reshape(c * g, H)
-    lq = jnp.sum(gather_tokens(model(jnp.repeat(x, g, axis=0), ys), ys), -1)
+    lq = jnp.sum(token_log_probs(model, jnp.repeat(x, g, axis=0), ys), -1)
     return jnp.sum(jnp.where(mask, jnp.exp(lq.reshape(c, g)), 0.0), axis=-1)
 
 
@@ -119,5 +120,5 @@ def chunked(f, *arrays: Array, chunk: int):
 
 def chunked_log_prob(model, x: Array, y: Array, *, chunk: int = 1024) -> Array:
     """log π̂(y|x) of every row, (n, P), (n, H) -> (n,), computed `chunk` rows at a time."""
-    return chunked(lambda xc, yc: jnp.sum(gather_tokens(model(xc, yc), yc), -1), x, y,
+    return chunked(lambda xc, yc: jnp.sum(token_log_probs(model, xc, yc), -1), x, y,
                    chunk=chunk)

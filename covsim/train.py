@@ -44,8 +44,9 @@ from flax import nnx
 
 from covsim.checks import DEFAULT_ALPHA, check_float, check_int, check_Ns, steps_to_run
 from covsim.evaluate import EvalMetrics, chunked_log_prob, evaluate, make_eval_set
+from covsim.models.base import token_log_probs
 from covsim.optim import truncated_distillation_loss
-from covsim.tasks.base import Task, gather_tokens
+from covsim.tasks.base import Task
 
 Array = jax.Array
 ModelFn = Callable[[Array], nnx.Module]
@@ -209,20 +210,19 @@ class Trainer:
     def loss(self, params, x: Array, y: Array) -> Array:
         """Mean negative log-likelihood of a batch: summed over tokens ("sequence", the
         paper's objective) or averaged over them ("token")."""
-        q = self.model(params)(x, y)  # (b, H, V)
+        model = self.model(params)
         if self.spec.loss == "distill":
             teacher = self.task.next_token_log_probs(x, y)
             A = jnp.log(self.spec.distill_N)
-            return jnp.mean(truncated_distillation_loss(teacher, q, y, A))
-        nll = -jnp.sum(gather_tokens(q, y), axis=-1)
+            return jnp.mean(truncated_distillation_loss(teacher, model(x, y), y, A))
+        nll = -jnp.sum(token_log_probs(model, x, y), axis=-1)  # the learner's cheapest path
         if self.spec.loss == "token":
             nll = nll / y.shape[-1]
         return jnp.mean(nll)
 
     def _token_loss(self, params, x: Array, y: Array, h: Array) -> Array:
         """−mean_b log π̂(y_h | x, y_{<h}): the loss of one token-level update (Eq. 21)."""
-        q_h = self.model(params)(x, y)[:, h]  # (b, V)
-        return -jnp.mean(gather_tokens(q_h, y[:, h]))
+        return -jnp.mean(token_log_probs(self.model(params), x, y)[:, h])
 
     # ---- data ------------------------------------------------------------------------
     def _batch_indices(self, key: Array) -> Array:

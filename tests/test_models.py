@@ -28,6 +28,7 @@ from covsim.models import (
     nll,
     token_log_probs,
 )
+from covsim.tasks.base import gather_tokens, gathered_log_softmax
 from covsim.tasks.linear import AutoregressiveLinear
 
 V, H, X, D, n = 4, 5, 3, 6, 7
@@ -148,6 +149,74 @@ def test_token_log_probs_and_nll(models, batch):
     np.testing.assert_allclose(nll(m, x, y, reduction="token"), -tok.mean(), rtol=1e-5)
     with pytest.raises(ValueError, match="reduction"):
         nll(m, x, y, reduction="mean")
+
+
+@pytest.mark.parametrize("scale", [1.0, 80.0])
+def test_gathered_log_softmax_is_log_softmax_gathered_bit_for_bit(scale):
+    """Values and gradient equal to the last bit, on logits (3, 5, 13) (the gradient of a
+    weighted sum of them, one program each: a reduction XLA might reorder is not involved)."""
+    rng = np.random.default_rng(7)
+    z = jnp.asarray(scale * rng.normal(size=(3, 5, 13)), jnp.float32)
+    t = jnp.asarray(rng.integers(0, 13, (3, 5)), jnp.int32)
+    w = jnp.asarray(rng.normal(size=(3, 5)), jnp.float32)
+    ref = lambda z: jnp.sum(w * gather_tokens(jax.nn.log_softmax(z, axis=-1), t))
+    own = lambda z: jnp.sum(w * gathered_log_softmax(z, t))
+    a = jax.jit(lambda z: gather_tokens(jax.nn.log_softmax(z, axis=-1), t))(z)
+    np.testing.assert_array_equal(np.asarray(jax.jit(gathered_log_softmax)(z, t)), np.asarray(a))
+    np.testing.assert_array_equal(np.asarray(jax.jit(jax.grad(own))(z)),
+                                  np.asarray(jax.jit(jax.grad(ref))(z)))
+
+
+@pytest.mark.parametrize("kw", [{}, {"positional": True, "order": 2},
+                                {"prompt_conditioned": False}])
+def test_tabular_token_log_probs_are_its_gathered_call_bit_for_bit(batch, kw):
+    """Tabular's own `token_log_probs` (no (n, H, V) log-softmax) gives the call's entries
+    at the tokens to the last bit, and the loss through it the same value and gradient."""
+    x, y = batch
+    m = random_tabular(seed=4, **kw)
+    m.table[...] = m.table[...] * 30.0  # logits far from 0: the max shift matters
+    g, params, rest = nnx.split(m, nnx.Param, ...)
+
+    @jax.jit
+    def both(params):
+        mm = nnx.merge(g, params, rest)
+        return mm.token_log_probs(x, y), gather_tokens(mm(x, y), y)
+
+    own, gathered = both(params)
+    np.testing.assert_array_equal(np.asarray(own), np.asarray(gathered))
+    assert np.asarray(token_log_probs(m, x, y)).tolist() == np.asarray(own).tolist()
+
+    def loss(params, via_call):
+        mm = nnx.merge(g, params, rest)
+        tok = gather_tokens(mm(x, y), y) if via_call else mm.token_log_probs(x, y)
+        return -jnp.mean(jnp.sum(tok, -1))
+
+    # the loss's sum is over the same floats, but XLA may order it differently in another
+    # program: float32 rounding of a sum of n·H = 35 terms (≲ 35 ulps ≈ 4e-6 relative)
+    vg = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    (l0, g0), (l1, g1) = vg(params, True), vg(params, False)
+    np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+
+
+def test_token_log_probs_uses_a_learners_own_method_else_gathers(batch):
+    """`token_log_probs` dispatches to a learner's method (it must, or the method is dead
+    code) and falls back to gathering the call of a plain callable."""
+    x, y = batch
+
+    class Own:
+        def __call__(self, prompts, responses):
+            return jnp.zeros((*responses.shape, V))
+
+        def token_log_probs(self, prompts, responses):
+            return jnp.full(responses.shape, -7.0)
+
+    assert np.all(np.asarray(token_log_probs(Own(), x, y)) == -7.0)
+    plain = lambda prompts, responses: jnp.broadcast_to(
+        jnp.log(jnp.arange(1, V + 1) / (V * (V + 1) / 2)), (*responses.shape, V))
+    want = np.log((np.asarray(y) + 1) / (V * (V + 1) / 2))
+    np.testing.assert_allclose(token_log_probs(plain, x, y), want, rtol=1e-6)
 
 
 def _ensemble(make, members):

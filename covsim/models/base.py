@@ -11,6 +11,9 @@ Trainable arrays are `nnx.Param`; everything else survives `nnx.split`/`nnx.merg
     nnx.merge(graphdef, params, rest)(x, y)
 
 is a pure function of (params, x, y) for jit, grad and vmap (ensembles: vmap the init).
+A learner may also define `token_log_probs(prompts, responses) -> (n, H)`, the call's entries
+at the responses' tokens computed more cheaply; the trainer's loss and every sequence score go
+through `token_log_probs` below, which uses it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ Array = jax.Array
 
 
 def token_log_probs(model, prompts: Array, responses: Array) -> Array:
-    """(n, H): log π̂(y_h | x, y_{<h})."""
+    """(n, H): log π̂(y_h | x, y_{<h}); a learner's own `token_log_probs` method when it has
+    one (the same numbers, cheaper: Tabular's), else `model(prompts, responses)` gathered."""
+    own = getattr(model, "token_log_probs", None)
+    if own is not None:
+        return own(prompts, responses)
     return gather_tokens(model(prompts, responses), responses)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from covsim.checks import check_float, check_int, check_shape
+from covsim.tasks.base import gathered_log_softmax
 from covsim.tasks.mixture import Mixture
 
 Array = jax.Array
@@ -203,6 +204,12 @@ class Tabular(nnx.Module):
         """(n, P), (n, H) int32 -> (n, H, V) float32: log π̂(· | x, y_{<h})."""
         logit_rows = self.table[...].reshape(-1, self.V)  # a view: no copy
         return jax.nn.log_softmax(logit_rows[self.rows(prompts, responses)], axis=-1)
+
+    def token_log_probs(self, prompts: Array, responses: Array) -> Array:
+        """(n, P), (n, H) int32 -> (n, H): log π̂(y_h | x, y_{<h}), `__call__`'s entries at the
+        responses' tokens (bit for bit) without its (n, H, V) log-softmax."""
+        logit_rows = self.table[...].reshape(-1, self.V)
+        return gathered_log_softmax(logit_rows[self.rows(prompts, responses)], responses)
 
     # ---- closed form --------------------------------------------------------------------
     def fit_counts(self, prompts: Array, responses: Array, alpha: float = 0.0) -> Tabular:

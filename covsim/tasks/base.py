@@ -69,6 +69,19 @@ def gather_tokens(log_p: Array, tokens: Array) -> Array:
     return jnp.take_along_axis(log_p, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
+def gathered_log_softmax(logits: Array, tokens: Array) -> Array:
+    """logits (..., V), tokens (...,) -> (...,): `jax.nn.log_softmax(logits)[..., tokens]`,
+    the same floats (the same arithmetic in the same order: the logit less the row's maximum,
+    less the log of the row's sum of exponentials; tested), without the (..., V) log-softmax
+    array, whose backward pass is most of a table learner's step. A loss summed over these
+    values may round differently from one summed over the gathered log-softmax: XLA may order
+    the sum differently in the other program. Measured on a 2-core CPU, the horizon table's
+    1000 Adam steps (batch 256, H = 16): 0.19 s through log_softmax, 0.16 s through this."""
+    z_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    shifted = logits - z_max
+    return gather_tokens(shifted, tokens) - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
+
+
 class Task(struct.PyTreeNode):
     """Base class of every ground truth. Subclasses define the static sizes
     `V`, `H`, `P`, `prompt_vocab` and implement `sample` and `next_token_log_probs`;
