@@ -200,16 +200,19 @@ class Tabular(nnx.Module):
         _, Kh, Kc, _ = self.table_shape
         return (ix * Kh + ih) * Kc + ic
 
+    def _context_logits(self, prompts: Array, responses: Array) -> Array:
+        """(n, H, V): the logit row of every position's context."""
+        logit_rows = self.table[...].reshape(-1, self.V)  # a view: no copy
+        return logit_rows[self.rows(prompts, responses)]
+
     def __call__(self, prompts: Array, responses: Array) -> Array:
         """(n, P), (n, H) int32 -> (n, H, V) float32: log π̂(· | x, y_{<h})."""
-        logit_rows = self.table[...].reshape(-1, self.V)  # a view: no copy
-        return jax.nn.log_softmax(logit_rows[self.rows(prompts, responses)], axis=-1)
+        return jax.nn.log_softmax(self._context_logits(prompts, responses), axis=-1)
 
     def token_log_probs(self, prompts: Array, responses: Array) -> Array:
         """(n, P), (n, H) int32 -> (n, H): log π̂(y_h | x, y_{<h}), `__call__`'s entries at the
         responses' tokens (bit for bit) without its (n, H, V) log-softmax."""
-        logit_rows = self.table[...].reshape(-1, self.V)
-        return gathered_log_softmax(logit_rows[self.rows(prompts, responses)], responses)
+        return gathered_log_softmax(self._context_logits(prompts, responses), responses)
 
     # ---- closed form --------------------------------------------------------------------
     def fit_counts(self, prompts: Array, responses: Array, alpha: float = 0.0) -> Tabular:
